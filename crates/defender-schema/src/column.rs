@@ -26,21 +26,28 @@ pub enum Col<T> {
     /// The documented type, read from another unambiguous JSON form (`"3"` for a `long`, `1` for
     /// a `bool`, `"2024-05-01T10:00:00+00:00"` for a `datetime`). `original` is what arrived and
     /// what is written back.
-    Coerced {
-        /// The decoded value.
-        value: T,
-        /// The JSON that arrived.
-        original: Value,
-    },
+    ///
+    /// Boxed, like `Drift`: both are rare, and keeping them out of line halves the size of a row.
+    Coerced(Box<Coerced<T>>),
     /// Not the documented type at all (`""` in an `int`, an array in a `string`). Kept as is.
-    Drift(Value),
+    Drift(Box<Value>),
+}
+
+/// A value read from a form other than the documented one, with what arrived.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Coerced<T> {
+    /// The decoded value.
+    pub value: T,
+    /// The JSON that arrived (what is written back).
+    pub original: Value,
 }
 
 impl<T> Col<T> {
     /// The decoded value, when there is one (`Value` or `Coerced`).
     pub fn value(&self) -> Option<&T> {
         match self {
-            Col::Value(v) | Col::Coerced { value: v, .. } => Some(v),
+            Col::Value(v) => Some(v),
+            Col::Coerced(c) => Some(&c.value),
             Col::Null | Col::Drift(_) => None,
         }
     }
@@ -58,7 +65,7 @@ impl<T> Col<T> {
     /// The JSON that arrived, when it was not the documented form (`Coerced` or `Drift`).
     pub fn arrived_as(&self) -> Option<&Value> {
         match self {
-            Col::Coerced { original, .. } => Some(original),
+            Col::Coerced(c) => Some(&c.original),
             Col::Drift(v) => Some(v),
             Col::Null | Col::Value(_) => None,
         }
@@ -236,11 +243,11 @@ impl<T: ColumnType> Col<T> {
     fn from_fit(fit: Fit<T>, original: impl FnOnce() -> Value) -> Self {
         match fit {
             Fit::Exact(v) => Col::Value(v),
-            Fit::Coerced(value) => Col::Coerced {
+            Fit::Coerced(value) => Col::Coerced(Box::new(Coerced {
                 value,
                 original: original(),
-            },
-            Fit::No => Col::Drift(original()),
+            })),
+            Fit::No => Col::Drift(Box::new(original())),
         }
     }
 }
@@ -250,7 +257,7 @@ impl<T: ColumnType> Serialize for Col<T> {
         match self {
             Col::Null => serializer.serialize_unit(),
             Col::Value(v) => v.serialize(serializer),
-            Col::Coerced { original, .. } => original.serialize(serializer),
+            Col::Coerced(c) => c.original.serialize(serializer),
             Col::Drift(v) => v.serialize(serializer),
         }
     }
@@ -294,11 +301,11 @@ impl<'de, T: ColumnType> Visitor<'de> for ColVisitor<T> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
         let v = Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
-        Ok(Col::Drift(v))
+        Ok(Col::Drift(Box::new(v)))
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
         let v = Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
-        Ok(Col::Drift(v))
+        Ok(Col::Drift(Box::new(v)))
     }
 }
 
@@ -377,7 +384,7 @@ mod tests {
         ));
         assert!(matches!(
             round::<uuid::Uuid>(r#""5F2B6A1E-3C4D-4E5F-8A9B-0C1D2E3F4A5B""#),
-            Col::Coerced { .. }
+            Col::Coerced(_)
         ));
         assert!(round::<uuid::Uuid>(r#""user1""#).is_drift());
     }

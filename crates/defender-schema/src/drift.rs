@@ -101,7 +101,7 @@ pub fn check_col<T: ColumnType>(
 ) {
     let Some(col) = col else { return };
     let kind = match col {
-        Col::Coerced { .. } => DriftKind::Coerced,
+        Col::Coerced(_) => DriftKind::Coerced,
         Col::Drift(_) => DriftKind::Mismatch,
         Col::Null | Col::Value(_) => return,
     };
@@ -115,15 +115,21 @@ pub fn check_col<T: ColumnType>(
     }
 }
 
-/// A `string` column documented to carry JSON text, which arrived as a bare JSON value instead.
+/// A `string` column documented to carry JSON text that arrived as a bare JSON value instead: an
+/// object or array is the same content in another form (coerced); a number or boolean is not.
 #[doc(hidden)]
 pub fn check_json_text(out: &mut Vec<TypeDrift>, column: &'static str, col: Option<&Dynamic>) {
-    if let Some(d @ Dynamic::Json(_)) = col {
+    if let Some(d @ Dynamic::Json(v)) = col {
+        let kind = if v.is_object() || v.is_array() {
+            DriftKind::Coerced
+        } else {
+            DriftKind::Mismatch
+        };
         out.push(TypeDrift {
             column,
             expected: KqlType::String,
             found: d.arrived_kind(),
-            kind: DriftKind::Mismatch,
+            kind,
         });
     }
 }

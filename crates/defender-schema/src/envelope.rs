@@ -184,7 +184,7 @@ impl<'a> Fields<'a> {
     }
 }
 
-fn raw_kind(v: &RawValue) -> JsonKind {
+pub(crate) fn raw_kind(v: &RawValue) -> JsonKind {
     match v.get().as_bytes().first() {
         Some(b'{') => JsonKind::Object,
         Some(b'[') => JsonKind::Array,

@@ -57,7 +57,7 @@ mod table;
 mod table_row;
 mod timestamp;
 
-pub use column::{Col, ColValue, ColumnType};
+pub use column::{Coerced, Col, ColValue, ColumnType};
 pub use drift::{DriftKind, JsonKind, TypeDrift};
 pub use dynamic::Dynamic;
 pub use envelope::{BadRecord, RecordRef, Split, parse_record, split_body};
@@ -68,6 +68,11 @@ pub use record::{BodyDecodeError, Record, RecordDecodeError};
 pub use table::UnknownTable;
 pub use table_row::TableRow;
 pub use timestamp::{Timestamp, TimestampError};
+
+/// The README's Rust examples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
 
 #[doc(hidden)]
 pub mod __private {

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::de::{Key, take, take_unknown};
-use crate::{BodyError, Col, DecodeError, Event, RecordError, RecordRef, Timestamp, split_body};
+use crate::{BodyError, Col, DecodeError, Event, RecordError, RecordRef, Timestamp};
 
 /// One record: the envelope fields Defender wraps around a row, and the row as a typed [`Event`].
 #[derive(Debug, Clone)]
@@ -76,17 +76,7 @@ impl Record {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn from_body(body: &[u8]) -> Result<Vec<Record>, BodyDecodeError> {
-        split_body(body)?
-            .into_iter()
-            .enumerate()
-            .map(|(index, r)| {
-                let r = r.map_err(|bad| BodyDecodeError::Record {
-                    index,
-                    error: bad.error.into(),
-                })?;
-                Record::from_ref(&r).map_err(|e| BodyDecodeError::Record { index, error: e.into() })
-            })
-            .collect()
+        typed_body::decode(body)
     }
 
     /// Decodes one record given on its own (a line of NDJSON or of the Storage-account export).
@@ -184,5 +174,279 @@ impl<'de> Deserialize<'de> for Envelope {
             }
         }
         deserializer.deserialize_map(V)
+    }
+}
+
+/// `Record::from_body` in one pass: each row is decoded straight into its table's struct when its
+/// `category` comes before `properties` (as Defender writes them), else captured raw and decoded
+/// after the record's other fields.
+mod typed_body {
+    use std::cell::Cell;
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde_json::value::RawValue;
+
+    use super::{BodyDecodeError, Envelope, Record, RecordDecodeError};
+    use crate::de::{Key, take, take_unknown};
+    use crate::{BodyError, DecodeError, Event, JsonKind, RecordError, Table};
+
+    /// Where the pass is, so an error that aborts it can name the record and table.
+    #[derive(Default)]
+    struct Progress {
+        /// A capacity guess: Defender records are 1 to 3 KiB.
+        expected_records: usize,
+        index: Cell<usize>,
+        in_record: Cell<bool>,
+        table: Cell<Option<Table>>,
+    }
+
+    pub(super) fn decode(body: &[u8]) -> Result<Vec<Record>, BodyDecodeError> {
+        let text = std::str::from_utf8(body).map_err(|e| BodyError::Utf8 {
+            offset: e.valid_up_to(),
+        })?;
+        let progress = Progress {
+            expected_records: (body.len() / 1024).clamp(16, 4096),
+            ..Progress::default()
+        };
+        let mut de = serde_json::Deserializer::from_str(text);
+        let out = (&mut de)
+            .deserialize_map(BodyVisitor(&progress))
+            .and_then(|out| de.end().map(|()| out));
+        match out {
+            Ok(Some(records)) => records
+                .into_iter()
+                .enumerate()
+                .map(|(index, r)| r.map_err(|error| BodyDecodeError::Record { index, error }))
+                .collect(),
+            Ok(None) => Err(BodyError::NotEnvelope("no `records` field".into()).into()),
+            Err(e) => Err(match e.classify() {
+                // A record that failed inside (a duplicated column): name the record and the table.
+                serde_json::error::Category::Data if progress.in_record.get() => BodyDecodeError::Record {
+                    index: progress.index.get(),
+                    error: DecodeError::from_json(progress.table.get().map_or("record", Table::name), &e).into(),
+                },
+                serde_json::error::Category::Data => BodyError::NotEnvelope(e.to_string()).into(),
+                _ => BodyError::Json(e).into(),
+            }),
+        }
+    }
+
+    struct BodyVisitor<'p>(&'p Progress);
+
+    impl<'de> Visitor<'de> for BodyVisitor<'_> {
+        type Value = Option<Vec<Result<Record, RecordDecodeError>>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object with a `records` array")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut records = None;
+            while let Some(key) = map.next_key::<Key<'de>>()? {
+                if key.as_str() == "records" {
+                    if records.is_some() {
+                        return Err(de::Error::custom("`records` appears twice"));
+                    }
+                    records = Some(map.next_value_seed(RecordsSeed(self.0))?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(records)
+        }
+    }
+
+    struct RecordsSeed<'p>(&'p Progress);
+
+    impl<'de> DeserializeSeed<'de> for RecordsSeed<'_> {
+        type Value = Vec<Result<Record, RecordDecodeError>>;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_seq(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for RecordsSeed<'_> {
+        type Value = Vec<Result<Record, RecordDecodeError>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("`records` as an array")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(self.0.expected_records));
+            loop {
+                self.0.index.set(out.len());
+                self.0.table.set(None);
+                self.0.in_record.set(true);
+                let next = seq.next_element_seed(RecordSeed(self.0))?;
+                self.0.in_record.set(false);
+                match next {
+                    Some(r) => out.push(r),
+                    None => return Ok(out),
+                }
+            }
+        }
+    }
+
+    struct RecordSeed<'p>(&'p Progress);
+
+    impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
+        type Value = Result<Record, RecordDecodeError>;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for RecordSeed<'_> {
+        type Value = Result<Record, RecordDecodeError>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a record object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut env = Envelope::default();
+            let mut category: Option<String> = None;
+            let mut event: Option<Result<Event, RecordError>> = None;
+            let mut raw_properties: Option<&'de RawValue> = None;
+            let mut problem: Option<RecordError> = None;
+            while let Some(key) = map.next_key::<Key<'de>>()? {
+                match key.as_str() {
+                    "time" => take(&mut map, &mut env.time, "time")?,
+                    "tenantId" => take(&mut map, &mut env.tenant_id, "tenantId")?,
+                    "operationName" => take(&mut map, &mut env.operation_name, "operationName")?,
+                    "_TimeReceivedBySvc" => take(&mut map, &mut env.time_received_by_svc, "_TimeReceivedBySvc")?,
+                    "Tenant" => take(&mut map, &mut env.tenant, "Tenant")?,
+                    "category" => {
+                        let raw: &'de RawValue = map.next_value()?;
+                        if category.is_some() {
+                            problem.get_or_insert(RecordError::DuplicateField("category"));
+                        }
+                        match serde_json::from_str::<Key<'_>>(raw.get()) {
+                            Ok(k) => category = Some(k.0.into_owned()),
+                            Err(_) => {
+                                problem.get_or_insert(RecordError::CategoryNotString(crate::envelope::raw_kind(raw)));
+                            }
+                        }
+                    }
+                    "properties" => {
+                        if event.is_some() || raw_properties.is_some() {
+                            problem.get_or_insert(RecordError::DuplicateField("properties"));
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                        match category.as_deref().and_then(Table::from_category) {
+                            Some(table) => {
+                                self.0.table.set(Some(table));
+                                event = Some(map.next_value_seed(RowSeed(table))?);
+                                self.0.table.set(None);
+                            }
+                            None => raw_properties = Some(map.next_value()?),
+                        }
+                    }
+                    _ => take_unknown(&mut map, &mut env.unknown, key)?,
+                }
+            }
+            if let Some(problem) = problem {
+                return Ok(Err(problem.into()));
+            }
+            let Some(category) = category else {
+                return Ok(Err(RecordError::MissingCategory.into()));
+            };
+            let event = match (event, raw_properties) {
+                (Some(Ok(event)), _) => event,
+                (Some(Err(e)), _) => return Ok(Err(e.into())),
+                (None, None) => return Ok(Err(RecordError::MissingProperties.into())),
+                (None, Some(raw)) if !raw.get().starts_with('{') => {
+                    return Ok(Err(
+                        RecordError::PropertiesNotObject(crate::envelope::raw_kind(raw)).into()
+                    ));
+                }
+                (None, Some(raw)) => match Event::decode(&category, raw) {
+                    Ok(event) => event,
+                    Err(e) => return Ok(Err(e.into())),
+                },
+            };
+            Ok(Ok(Record {
+                time: env.time,
+                tenant_id: env.tenant_id,
+                operation_name: env.operation_name,
+                time_received_by_svc: env.time_received_by_svc,
+                tenant: env.tenant,
+                event,
+                unknown: env.unknown,
+            }))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Err(RecordError::NotAnObject(JsonKind::Array).into()))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Err(RecordError::NotAnObject(JsonKind::Bool).into()))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Err(RecordError::NotAnObject(JsonKind::Number).into()))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Err(RecordError::NotAnObject(JsonKind::Number).into()))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Err(RecordError::NotAnObject(JsonKind::Number).into()))
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Err(RecordError::NotAnObject(JsonKind::String).into()))
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Err(RecordError::NotAnObject(JsonKind::Null).into()))
+        }
+    }
+
+    /// Decodes `properties` straight into the table's row; anything but an object is a bad record.
+    struct RowSeed(Table);
+
+    impl<'de> DeserializeSeed<'de> for RowSeed {
+        type Value = Result<Event, RecordError>;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for RowSeed {
+        type Value = Result<Event, RecordError>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a row object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            Event::decode_from(self.0, de::value::MapAccessDeserializer::new(map)).map(Ok)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Err(RecordError::PropertiesNotObject(JsonKind::Array)))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Err(RecordError::PropertiesNotObject(JsonKind::Bool)))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Err(RecordError::PropertiesNotObject(JsonKind::Number)))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Err(RecordError::PropertiesNotObject(JsonKind::Number)))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Err(RecordError::PropertiesNotObject(JsonKind::Number)))
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Err(RecordError::PropertiesNotObject(JsonKind::String)))
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Err(RecordError::PropertiesNotObject(JsonKind::Null)))
+        }
     }
 }

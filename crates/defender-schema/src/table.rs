@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde_json::value::RawValue;
 
-use crate::{Column, DecodeError, Event, Table, TableRow};
+use crate::{Column, DecodeError, Event, Table};
 
 impl Table {
     /// Finds a table by name, ignoring ASCII case (`deviceprocessevents` works), or by its full
@@ -51,6 +51,9 @@ impl Event {
     }
 }
 
-pub(crate) fn decode_row<T: TableRow>(properties: &RawValue) -> Result<T, DecodeError> {
-    serde_json::from_str(properties.get()).map_err(|e| DecodeError::from_json(T::TABLE.name(), &e))
+pub(crate) fn decode_row(table: Table, properties: &RawValue) -> Result<Event, DecodeError> {
+    let mut de = serde_json::Deserializer::from_str(properties.get());
+    Event::decode_from(table, &mut de)
+        .and_then(|event| de.end().map(|()| event))
+        .map_err(|e| DecodeError::from_json(table.name(), &e))
 }

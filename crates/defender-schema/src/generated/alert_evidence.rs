@@ -817,156 +817,307 @@ impl Serialize for AlertEvidence {
 }
 impl<'de> Deserialize<'de> for AlertEvidence {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl AlertEvidence {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(AlertEvidenceVisitor)
     }
 }
 struct AlertEvidenceVisitor;
 impl<'de> Visitor<'de> for AlertEvidenceVisitor {
-    type Value = AlertEvidence;
+    type Value = Box<AlertEvidence>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a AlertEvidence row (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(
         self,
         mut map: A,
-    ) -> Result<AlertEvidence, A::Error> {
-        let mut row = AlertEvidence::default();
+    ) -> Result<Box<AlertEvidence>, A::Error> {
+        let mut row = Box::<AlertEvidence>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                4usize => {
+                    match key.as_str() {
+                        "SHA1" => {
+                            take(&mut map, &mut row.sha1, "SHA1")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AlertId" => {
-                    take(&mut map, &mut row.alert_id, "AlertId")?;
+                5usize => {
+                    match key.as_str() {
+                        "Title" => {
+                            take(&mut map, &mut row.title, "Title")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Title" => {
-                    take(&mut map, &mut row.title, "Title")?;
+                6usize => {
+                    match key.as_str() {
+                        "SHA256" => {
+                            take(&mut map, &mut row.sha256, "SHA256")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Categories" => {
-                    take(&mut map, &mut row.categories, "Categories")?;
+                7usize => {
+                    match key.as_str() {
+                        "AlertId" => {
+                            take(&mut map, &mut row.alert_id, "AlertId")?;
+                        }
+                        "LocalIP" => {
+                            take(&mut map, &mut row.local_ip, "LocalIP")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AttackTechniques" => {
-                    take(&mut map, &mut row.attack_techniques, "AttackTechniques")?;
+                8usize => {
+                    match key.as_str() {
+                        "FileName" => {
+                            take(&mut map, &mut row.file_name, "FileName")?;
+                        }
+                        "FileSize" => {
+                            take(&mut map, &mut row.file_size, "FileSize")?;
+                        }
+                        "RemoteIP" => {
+                            take(&mut map, &mut row.remote_ip, "RemoteIP")?;
+                        }
+                        "DeviceId" => {
+                            take(&mut map, &mut row.device_id, "DeviceId")?;
+                        }
+                        "Severity" => {
+                            take(&mut map, &mut row.severity, "Severity")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ServiceSource" => {
-                    take(&mut map, &mut row.service_source, "ServiceSource")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        "RemoteUrl" => {
+                            take(&mut map, &mut row.remote_url, "RemoteUrl")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DetectionSource" => {
-                    take(&mut map, &mut row.detection_source, "DetectionSource")?;
+                10usize => {
+                    match key.as_str() {
+                        "Categories" => {
+                            take(&mut map, &mut row.categories, "Categories")?;
+                        }
+                        "EntityType" => {
+                            take(&mut map, &mut row.entity_type, "EntityType")?;
+                        }
+                        "FolderPath" => {
+                            take(&mut map, &mut row.folder_path, "FolderPath")?;
+                        }
+                        "AccountSid" => {
+                            take(&mut map, &mut row.account_sid, "AccountSid")?;
+                        }
+                        "AccountUpn" => {
+                            take(&mut map, &mut row.account_upn, "AccountUpn")?;
+                        }
+                        "DeviceName" => {
+                            take(&mut map, &mut row.device_name, "DeviceName")?;
+                        }
+                        "ResourceID" => {
+                            take(&mut map, &mut row.resource_id, "ResourceID")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "EntityType" => {
-                    take(&mut map, &mut row.entity_type, "EntityType")?;
+                11usize => {
+                    match key.as_str() {
+                        "AccountName" => {
+                            take(&mut map, &mut row.account_name, "AccountName")?;
+                        }
+                        "Application" => {
+                            take(&mut map, &mut row.application, "Application")?;
+                        }
+                        "RegistryKey" => {
+                            take(&mut map, &mut row.registry_key, "RegistryKey")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "EvidenceRole" => {
-                    take(&mut map, &mut row.evidence_role, "EvidenceRole")?;
+                12usize => {
+                    match key.as_str() {
+                        "EvidenceRole" => {
+                            take(&mut map, &mut row.evidence_role, "EvidenceRole")?;
+                        }
+                        "ThreatFamily" => {
+                            take(&mut map, &mut row.threat_family, "ThreatFamily")?;
+                        }
+                        "EmailSubject" => {
+                            take(&mut map, &mut row.email_subject, "EmailSubject")?;
+                        }
+                        "ResourceType" => {
+                            take(&mut map, &mut row.resource_type, "ResourceType")?;
+                        }
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "EvidenceDirection" => {
-                    take(&mut map, &mut row.evidence_direction, "EvidenceDirection")?;
+                13usize => {
+                    match key.as_str() {
+                        "ServiceSource" => {
+                            take(&mut map, &mut row.service_source, "ServiceSource")?;
+                        }
+                        "AccountDomain" => {
+                            take(&mut map, &mut row.account_domain, "AccountDomain")?;
+                        }
+                        "ApplicationId" => {
+                            take(&mut map, &mut row.application_id, "ApplicationId")?;
+                        }
+                        "CloudResource" => {
+                            take(&mut map, &mut row.cloud_resource, "CloudResource")?;
+                        }
+                        "CloudPlatform" => {
+                            take(&mut map, &mut row.cloud_platform, "CloudPlatform")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "FileName" => {
-                    take(&mut map, &mut row.file_name, "FileName")?;
+                14usize => {
+                    match key.as_str() {
+                        "SubscriptionId" => {
+                            take(&mut map, &mut row.subscription_id, "SubscriptionId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "FolderPath" => {
-                    take(&mut map, &mut row.folder_path, "FolderPath")?;
+                15usize => {
+                    match key.as_str() {
+                        "DetectionSource" => {
+                            take(
+                                &mut map,
+                                &mut row.detection_source,
+                                "DetectionSource",
+                            )?;
+                        }
+                        "AccountObjectId" => {
+                            take(
+                                &mut map,
+                                &mut row.account_object_id,
+                                "AccountObjectId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SHA1" => {
-                    take(&mut map, &mut row.sha1, "SHA1")?;
+                16usize => {
+                    match key.as_str() {
+                        "AttackTechniques" => {
+                            take(
+                                &mut map,
+                                &mut row.attack_techniques,
+                                "AttackTechniques",
+                            )?;
+                        }
+                        "NetworkMessageId" => {
+                            take(
+                                &mut map,
+                                &mut row.network_message_id,
+                                "NetworkMessageId",
+                            )?;
+                        }
+                        "AdditionalFields" => {
+                            take(
+                                &mut map,
+                                &mut row.additional_fields,
+                                "AdditionalFields",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SHA256" => {
-                    take(&mut map, &mut row.sha256, "SHA256")?;
+                17usize => {
+                    match key.as_str() {
+                        "EvidenceDirection" => {
+                            take(
+                                &mut map,
+                                &mut row.evidence_direction,
+                                "EvidenceDirection",
+                            )?;
+                        }
+                        "RegistryValueName" => {
+                            take(
+                                &mut map,
+                                &mut row.registry_value_name,
+                                "RegistryValueName",
+                            )?;
+                        }
+                        "RegistryValueData" => {
+                            take(
+                                &mut map,
+                                &mut row.registry_value_data,
+                                "RegistryValueData",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "FileSize" => {
-                    take(&mut map, &mut row.file_size, "FileSize")?;
+                18usize => {
+                    match key.as_str() {
+                        "OAuthApplicationId" => {
+                            take(
+                                &mut map,
+                                &mut row.o_auth_application_id,
+                                "OAuthApplicationId",
+                            )?;
+                        }
+                        "ProcessCommandLine" => {
+                            take(
+                                &mut map,
+                                &mut row.process_command_line,
+                                "ProcessCommandLine",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ThreatFamily" => {
-                    take(&mut map, &mut row.threat_family, "ThreatFamily")?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "RemoteIP" => {
-                    take(&mut map, &mut row.remote_ip, "RemoteIP")?;
-                }
-                "RemoteUrl" => {
-                    take(&mut map, &mut row.remote_url, "RemoteUrl")?;
-                }
-                "AccountName" => {
-                    take(&mut map, &mut row.account_name, "AccountName")?;
-                }
-                "AccountDomain" => {
-                    take(&mut map, &mut row.account_domain, "AccountDomain")?;
-                }
-                "AccountSid" => {
-                    take(&mut map, &mut row.account_sid, "AccountSid")?;
-                }
-                "AccountObjectId" => {
-                    take(&mut map, &mut row.account_object_id, "AccountObjectId")?;
-                }
-                "AccountUpn" => {
-                    take(&mut map, &mut row.account_upn, "AccountUpn")?;
-                }
-                "DeviceId" => {
-                    take(&mut map, &mut row.device_id, "DeviceId")?;
-                }
-                "DeviceName" => {
-                    take(&mut map, &mut row.device_name, "DeviceName")?;
-                }
-                "LocalIP" => {
-                    take(&mut map, &mut row.local_ip, "LocalIP")?;
-                }
-                "NetworkMessageId" => {
-                    take(&mut map, &mut row.network_message_id, "NetworkMessageId")?;
-                }
-                "EmailSubject" => {
-                    take(&mut map, &mut row.email_subject, "EmailSubject")?;
-                }
-                "Application" => {
-                    take(&mut map, &mut row.application, "Application")?;
-                }
-                "ApplicationId" => {
-                    take(&mut map, &mut row.application_id, "ApplicationId")?;
-                }
-                "OAuthApplicationId" => {
-                    take(
-                        &mut map,
-                        &mut row.o_auth_application_id,
-                        "OAuthApplicationId",
-                    )?;
-                }
-                "ProcessCommandLine" => {
-                    take(&mut map, &mut row.process_command_line, "ProcessCommandLine")?;
-                }
-                "RegistryKey" => {
-                    take(&mut map, &mut row.registry_key, "RegistryKey")?;
-                }
-                "RegistryValueName" => {
-                    take(&mut map, &mut row.registry_value_name, "RegistryValueName")?;
-                }
-                "RegistryValueData" => {
-                    take(&mut map, &mut row.registry_value_data, "RegistryValueData")?;
-                }
-                "AdditionalFields" => {
-                    take(&mut map, &mut row.additional_fields, "AdditionalFields")?;
-                }
-                "Severity" => {
-                    take(&mut map, &mut row.severity, "Severity")?;
-                }
-                "CloudResource" => {
-                    take(&mut map, &mut row.cloud_resource, "CloudResource")?;
-                }
-                "CloudPlatform" => {
-                    take(&mut map, &mut row.cloud_platform, "CloudPlatform")?;
-                }
-                "ResourceType" => {
-                    take(&mut map, &mut row.resource_type, "ResourceType")?;
-                }
-                "ResourceID" => {
-                    take(&mut map, &mut row.resource_id, "ResourceID")?;
-                }
-                "SubscriptionId" => {
-                    take(&mut map, &mut row.subscription_id, "SubscriptionId")?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

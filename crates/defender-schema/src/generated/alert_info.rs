@@ -198,47 +198,124 @@ impl Serialize for AlertInfo {
 }
 impl<'de> Deserialize<'de> for AlertInfo {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl AlertInfo {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(AlertInfoVisitor)
     }
 }
 struct AlertInfoVisitor;
 impl<'de> Visitor<'de> for AlertInfoVisitor {
-    type Value = AlertInfo;
+    type Value = Box<AlertInfo>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a AlertInfo row (a JSON object)")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AlertInfo, A::Error> {
-        let mut row = AlertInfo::default();
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<Box<AlertInfo>, A::Error> {
+        let mut row = Box::<AlertInfo>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                5usize => {
+                    match key.as_str() {
+                        "Title" => {
+                            take(&mut map, &mut row.title, "Title")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AlertId" => {
-                    take(&mut map, &mut row.alert_id, "AlertId")?;
+                7usize => {
+                    match key.as_str() {
+                        "AlertId" => {
+                            take(&mut map, &mut row.alert_id, "AlertId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Title" => {
-                    take(&mut map, &mut row.title, "Title")?;
+                8usize => {
+                    match key.as_str() {
+                        "Category" => {
+                            take(&mut map, &mut row.category, "Category")?;
+                        }
+                        "Severity" => {
+                            take(&mut map, &mut row.severity, "Severity")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Category" => {
-                    take(&mut map, &mut row.category, "Category")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Severity" => {
-                    take(&mut map, &mut row.severity, "Severity")?;
+                12usize => {
+                    match key.as_str() {
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ServiceSource" => {
-                    take(&mut map, &mut row.service_source, "ServiceSource")?;
+                13usize => {
+                    match key.as_str() {
+                        "ServiceSource" => {
+                            take(&mut map, &mut row.service_source, "ServiceSource")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DetectionSource" => {
-                    take(&mut map, &mut row.detection_source, "DetectionSource")?;
+                15usize => {
+                    match key.as_str() {
+                        "DetectionSource" => {
+                            take(
+                                &mut map,
+                                &mut row.detection_source,
+                                "DetectionSource",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AttackTechniques" => {
-                    take(&mut map, &mut row.attack_techniques, "AttackTechniques")?;
+                16usize => {
+                    match key.as_str() {
+                        "AttackTechniques" => {
+                            take(
+                                &mut map,
+                                &mut row.attack_techniques,
+                                "AttackTechniques",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

@@ -801,157 +801,312 @@ impl Serialize for BehaviorEntities {
 }
 impl<'de> Deserialize<'de> for BehaviorEntities {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl BehaviorEntities {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(BehaviorEntitiesVisitor)
     }
 }
 struct BehaviorEntitiesVisitor;
 impl<'de> Visitor<'de> for BehaviorEntitiesVisitor {
-    type Value = BehaviorEntities;
+    type Value = Box<BehaviorEntities>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a BehaviorEntities row (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(
         self,
         mut map: A,
-    ) -> Result<BehaviorEntities, A::Error> {
-        let mut row = BehaviorEntities::default();
+    ) -> Result<Box<BehaviorEntities>, A::Error> {
+        let mut row = Box::<BehaviorEntities>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                4usize => {
+                    match key.as_str() {
+                        "SHA1" => {
+                            take(&mut map, &mut row.sha1, "SHA1")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "BehaviorId" => {
-                    take(&mut map, &mut row.behavior_id, "BehaviorId")?;
+                6usize => {
+                    match key.as_str() {
+                        "SHA256" => {
+                            take(&mut map, &mut row.sha256, "SHA256")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Categories" => {
-                    take(&mut map, &mut row.categories, "Categories")?;
+                7usize => {
+                    match key.as_str() {
+                        "LocalIP" => {
+                            take(&mut map, &mut row.local_ip, "LocalIP")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ServiceSource" => {
-                    take(&mut map, &mut row.service_source, "ServiceSource")?;
+                8usize => {
+                    match key.as_str() {
+                        "FileName" => {
+                            take(&mut map, &mut row.file_name, "FileName")?;
+                        }
+                        "FileSize" => {
+                            take(&mut map, &mut row.file_size, "FileSize")?;
+                        }
+                        "RemoteIP" => {
+                            take(&mut map, &mut row.remote_ip, "RemoteIP")?;
+                        }
+                        "DeviceId" => {
+                            take(&mut map, &mut row.device_id, "DeviceId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DetectionSource" => {
-                    take(&mut map, &mut row.detection_source, "DetectionSource")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        "RemoteUrl" => {
+                            take(&mut map, &mut row.remote_url, "RemoteUrl")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DataSources" => {
-                    take(&mut map, &mut row.data_sources, "DataSources")?;
+                10usize => {
+                    match key.as_str() {
+                        "BehaviorId" => {
+                            take(&mut map, &mut row.behavior_id, "BehaviorId")?;
+                        }
+                        "Categories" => {
+                            take(&mut map, &mut row.categories, "Categories")?;
+                        }
+                        "EntityType" => {
+                            take(&mut map, &mut row.entity_type, "EntityType")?;
+                        }
+                        "EntityRole" => {
+                            take(&mut map, &mut row.entity_role, "EntityRole")?;
+                        }
+                        "FolderPath" => {
+                            take(&mut map, &mut row.folder_path, "FolderPath")?;
+                        }
+                        "AccountSid" => {
+                            take(&mut map, &mut row.account_sid, "AccountSid")?;
+                        }
+                        "AccountUpn" => {
+                            take(&mut map, &mut row.account_upn, "AccountUpn")?;
+                        }
+                        "DeviceName" => {
+                            take(&mut map, &mut row.device_name, "DeviceName")?;
+                        }
+                        "ActionType" => {
+                            take(&mut map, &mut row.action_type, "ActionType")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "EntityType" => {
-                    take(&mut map, &mut row.entity_type, "EntityType")?;
+                11usize => {
+                    match key.as_str() {
+                        "DataSources" => {
+                            take(&mut map, &mut row.data_sources, "DataSources")?;
+                        }
+                        "AccountName" => {
+                            take(&mut map, &mut row.account_name, "AccountName")?;
+                        }
+                        "Application" => {
+                            take(&mut map, &mut row.application, "Application")?;
+                        }
+                        "RegistryKey" => {
+                            take(&mut map, &mut row.registry_key, "RegistryKey")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "EntityRole" => {
-                    take(&mut map, &mut row.entity_role, "EntityRole")?;
+                12usize => {
+                    match key.as_str() {
+                        "ThreatFamily" => {
+                            take(&mut map, &mut row.threat_family, "ThreatFamily")?;
+                        }
+                        "EmailSubject" => {
+                            take(&mut map, &mut row.email_subject, "EmailSubject")?;
+                        }
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DetailedEntityRole" => {
-                    take(&mut map, &mut row.detailed_entity_role, "DetailedEntityRole")?;
+                13usize => {
+                    match key.as_str() {
+                        "ServiceSource" => {
+                            take(&mut map, &mut row.service_source, "ServiceSource")?;
+                        }
+                        "AccountDomain" => {
+                            take(&mut map, &mut row.account_domain, "AccountDomain")?;
+                        }
+                        "CloudPlatform" => {
+                            take(&mut map, &mut row.cloud_platform, "CloudPlatform")?;
+                        }
+                        "ApplicationId" => {
+                            take(&mut map, &mut row.application_id, "ApplicationId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "FileName" => {
-                    take(&mut map, &mut row.file_name, "FileName")?;
+                14usize => {
+                    match key.as_str() {
+                        "EmailClusterId" => {
+                            take(&mut map, &mut row.email_cluster_id, "EmailClusterId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "FolderPath" => {
-                    take(&mut map, &mut row.folder_path, "FolderPath")?;
+                15usize => {
+                    match key.as_str() {
+                        "DetectionSource" => {
+                            take(
+                                &mut map,
+                                &mut row.detection_source,
+                                "DetectionSource",
+                            )?;
+                        }
+                        "AccountObjectId" => {
+                            take(
+                                &mut map,
+                                &mut row.account_object_id,
+                                "AccountObjectId",
+                            )?;
+                        }
+                        "CloudResourceId" => {
+                            take(
+                                &mut map,
+                                &mut row.cloud_resource_id,
+                                "CloudResourceId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SHA1" => {
-                    take(&mut map, &mut row.sha1, "SHA1")?;
+                16usize => {
+                    match key.as_str() {
+                        "NetworkMessageId" => {
+                            take(
+                                &mut map,
+                                &mut row.network_message_id,
+                                "NetworkMessageId",
+                            )?;
+                        }
+                        "AdditionalFields" => {
+                            take(
+                                &mut map,
+                                &mut row.additional_fields,
+                                "AdditionalFields",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SHA256" => {
-                    take(&mut map, &mut row.sha256, "SHA256")?;
+                17usize => {
+                    match key.as_str() {
+                        "CloudResourceType" => {
+                            take(
+                                &mut map,
+                                &mut row.cloud_resource_type,
+                                "CloudResourceType",
+                            )?;
+                        }
+                        "RegistryValueName" => {
+                            take(
+                                &mut map,
+                                &mut row.registry_value_name,
+                                "RegistryValueName",
+                            )?;
+                        }
+                        "RegistryValueData" => {
+                            take(
+                                &mut map,
+                                &mut row.registry_value_data,
+                                "RegistryValueData",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "FileSize" => {
-                    take(&mut map, &mut row.file_size, "FileSize")?;
+                18usize => {
+                    match key.as_str() {
+                        "DetailedEntityRole" => {
+                            take(
+                                &mut map,
+                                &mut row.detailed_entity_role,
+                                "DetailedEntityRole",
+                            )?;
+                        }
+                        "OAuthApplicationId" => {
+                            take(
+                                &mut map,
+                                &mut row.o_auth_application_id,
+                                "OAuthApplicationId",
+                            )?;
+                        }
+                        "ProcessCommandLine" => {
+                            take(
+                                &mut map,
+                                &mut row.process_command_line,
+                                "ProcessCommandLine",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ThreatFamily" => {
-                    take(&mut map, &mut row.threat_family, "ThreatFamily")?;
+                19usize => {
+                    match key.as_str() {
+                        "CloudSubscriptionId" => {
+                            take(
+                                &mut map,
+                                &mut row.cloud_subscription_id,
+                                "CloudSubscriptionId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "RemoteIP" => {
-                    take(&mut map, &mut row.remote_ip, "RemoteIP")?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "RemoteUrl" => {
-                    take(&mut map, &mut row.remote_url, "RemoteUrl")?;
-                }
-                "AccountName" => {
-                    take(&mut map, &mut row.account_name, "AccountName")?;
-                }
-                "AccountDomain" => {
-                    take(&mut map, &mut row.account_domain, "AccountDomain")?;
-                }
-                "AccountSid" => {
-                    take(&mut map, &mut row.account_sid, "AccountSid")?;
-                }
-                "AccountObjectId" => {
-                    take(&mut map, &mut row.account_object_id, "AccountObjectId")?;
-                }
-                "CloudPlatform" => {
-                    take(&mut map, &mut row.cloud_platform, "CloudPlatform")?;
-                }
-                "CloudResourceType" => {
-                    take(&mut map, &mut row.cloud_resource_type, "CloudResourceType")?;
-                }
-                "CloudResourceId" => {
-                    take(&mut map, &mut row.cloud_resource_id, "CloudResourceId")?;
-                }
-                "CloudSubscriptionId" => {
-                    take(
-                        &mut map,
-                        &mut row.cloud_subscription_id,
-                        "CloudSubscriptionId",
-                    )?;
-                }
-                "AccountUpn" => {
-                    take(&mut map, &mut row.account_upn, "AccountUpn")?;
-                }
-                "DeviceId" => {
-                    take(&mut map, &mut row.device_id, "DeviceId")?;
-                }
-                "DeviceName" => {
-                    take(&mut map, &mut row.device_name, "DeviceName")?;
-                }
-                "LocalIP" => {
-                    take(&mut map, &mut row.local_ip, "LocalIP")?;
-                }
-                "NetworkMessageId" => {
-                    take(&mut map, &mut row.network_message_id, "NetworkMessageId")?;
-                }
-                "EmailSubject" => {
-                    take(&mut map, &mut row.email_subject, "EmailSubject")?;
-                }
-                "EmailClusterId" => {
-                    take(&mut map, &mut row.email_cluster_id, "EmailClusterId")?;
-                }
-                "Application" => {
-                    take(&mut map, &mut row.application, "Application")?;
-                }
-                "ApplicationId" => {
-                    take(&mut map, &mut row.application_id, "ApplicationId")?;
-                }
-                "OAuthApplicationId" => {
-                    take(
-                        &mut map,
-                        &mut row.o_auth_application_id,
-                        "OAuthApplicationId",
-                    )?;
-                }
-                "ProcessCommandLine" => {
-                    take(&mut map, &mut row.process_command_line, "ProcessCommandLine")?;
-                }
-                "RegistryKey" => {
-                    take(&mut map, &mut row.registry_key, "RegistryKey")?;
-                }
-                "RegistryValueName" => {
-                    take(&mut map, &mut row.registry_value_name, "RegistryValueName")?;
-                }
-                "RegistryValueData" => {
-                    take(&mut map, &mut row.registry_value_data, "RegistryValueData")?;
-                }
-                "AdditionalFields" => {
-                    take(&mut map, &mut row.additional_fields, "AdditionalFields")?;
-                }
-                "ActionType" => {
-                    take(&mut map, &mut row.action_type, "ActionType")?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

@@ -331,71 +331,170 @@ impl Serialize for BehaviorInfo {
 }
 impl<'de> Deserialize<'de> for BehaviorInfo {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl BehaviorInfo {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(BehaviorInfoVisitor)
     }
 }
 struct BehaviorInfoVisitor;
 impl<'de> Visitor<'de> for BehaviorInfoVisitor {
-    type Value = BehaviorInfo;
+    type Value = Box<BehaviorInfo>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a BehaviorInfo row (a JSON object)")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<BehaviorInfo, A::Error> {
-        let mut row = BehaviorInfo::default();
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<Box<BehaviorInfo>, A::Error> {
+        let mut row = Box::<BehaviorInfo>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                5usize => {
+                    match key.as_str() {
+                        "Title" => {
+                            take(&mut map, &mut row.title, "Title")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "BehaviorId" => {
-                    take(&mut map, &mut row.behavior_id, "BehaviorId")?;
+                7usize => {
+                    match key.as_str() {
+                        "EndTime" => {
+                            take(&mut map, &mut row.end_time, "EndTime")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Title" => {
-                    take(&mut map, &mut row.title, "Title")?;
+                8usize => {
+                    match key.as_str() {
+                        "DeviceId" => {
+                            take(&mut map, &mut row.device_id, "DeviceId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Description" => {
-                    take(&mut map, &mut row.description, "Description")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        "StartTime" => {
+                            take(&mut map, &mut row.start_time, "StartTime")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Categories" => {
-                    take(&mut map, &mut row.categories, "Categories")?;
+                10usize => {
+                    match key.as_str() {
+                        "BehaviorId" => {
+                            take(&mut map, &mut row.behavior_id, "BehaviorId")?;
+                        }
+                        "Categories" => {
+                            take(&mut map, &mut row.categories, "Categories")?;
+                        }
+                        "AccountUpn" => {
+                            take(&mut map, &mut row.account_upn, "AccountUpn")?;
+                        }
+                        "ActionType" => {
+                            take(&mut map, &mut row.action_type, "ActionType")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AttackTechniques" => {
-                    take(&mut map, &mut row.attack_techniques, "AttackTechniques")?;
+                11usize => {
+                    match key.as_str() {
+                        "Description" => {
+                            take(&mut map, &mut row.description, "Description")?;
+                        }
+                        "DataSources" => {
+                            take(&mut map, &mut row.data_sources, "DataSources")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ServiceSource" => {
-                    take(&mut map, &mut row.service_source, "ServiceSource")?;
+                12usize => {
+                    match key.as_str() {
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DetectionSource" => {
-                    take(&mut map, &mut row.detection_source, "DetectionSource")?;
+                13usize => {
+                    match key.as_str() {
+                        "ServiceSource" => {
+                            take(&mut map, &mut row.service_source, "ServiceSource")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DataSources" => {
-                    take(&mut map, &mut row.data_sources, "DataSources")?;
+                15usize => {
+                    match key.as_str() {
+                        "DetectionSource" => {
+                            take(
+                                &mut map,
+                                &mut row.detection_source,
+                                "DetectionSource",
+                            )?;
+                        }
+                        "AccountObjectId" => {
+                            take(
+                                &mut map,
+                                &mut row.account_object_id,
+                                "AccountObjectId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DeviceId" => {
-                    take(&mut map, &mut row.device_id, "DeviceId")?;
+                16usize => {
+                    match key.as_str() {
+                        "AttackTechniques" => {
+                            take(
+                                &mut map,
+                                &mut row.attack_techniques,
+                                "AttackTechniques",
+                            )?;
+                        }
+                        "AdditionalFields" => {
+                            take(
+                                &mut map,
+                                &mut row.additional_fields,
+                                "AdditionalFields",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountUpn" => {
-                    take(&mut map, &mut row.account_upn, "AccountUpn")?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "AccountObjectId" => {
-                    take(&mut map, &mut row.account_object_id, "AccountObjectId")?;
-                }
-                "StartTime" => {
-                    take(&mut map, &mut row.start_time, "StartTime")?;
-                }
-                "EndTime" => {
-                    take(&mut map, &mut row.end_time, "EndTime")?;
-                }
-                "AdditionalFields" => {
-                    take(&mut map, &mut row.additional_fields, "AdditionalFields")?;
-                }
-                "ActionType" => {
-                    take(&mut map, &mut row.action_type, "ActionType")?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

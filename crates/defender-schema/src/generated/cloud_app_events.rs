@@ -668,134 +668,267 @@ impl Serialize for CloudAppEvents {
 }
 impl<'de> Deserialize<'de> for CloudAppEvents {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl CloudAppEvents {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(CloudAppEventsVisitor)
     }
 }
 struct CloudAppEventsVisitor;
 impl<'de> Visitor<'de> for CloudAppEventsVisitor {
-    type Value = CloudAppEvents;
+    type Value = Box<CloudAppEvents>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a CloudAppEvents row (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(
         self,
         mut map: A,
-    ) -> Result<CloudAppEvents, A::Error> {
-        let mut row = CloudAppEvents::default();
+    ) -> Result<Box<CloudAppEvents>, A::Error> {
+        let mut row = Box::<CloudAppEvents>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                3usize => {
+                    match key.as_str() {
+                        "Isp" => {
+                            take(&mut map, &mut row.isp, "Isp")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ActionType" => {
-                    take(&mut map, &mut row.action_type, "ActionType")?;
+                4usize => {
+                    match key.as_str() {
+                        "City" => {
+                            take(&mut map, &mut row.city, "City")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Application" => {
-                    take(&mut map, &mut row.application, "Application")?;
+                6usize => {
+                    match key.as_str() {
+                        "IPTags" => {
+                            take(&mut map, &mut row.ip_tags, "IPTags")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ApplicationId" => {
-                    take(&mut map, &mut row.application_id, "ApplicationId")?;
+                8usize => {
+                    match key.as_str() {
+                        "ObjectId" => {
+                            take(&mut map, &mut row.object_id, "ObjectId")?;
+                        }
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AppInstanceId" => {
-                    take(&mut map, &mut row.app_instance_id, "AppInstanceId")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        "AccountId" => {
+                            take(&mut map, &mut row.account_id, "AccountId")?;
+                        }
+                        "IPAddress" => {
+                            take(&mut map, &mut row.ip_address, "IPAddress")?;
+                        }
+                        "UserAgent" => {
+                            take(&mut map, &mut row.user_agent, "UserAgent")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountObjectId" => {
-                    take(&mut map, &mut row.account_object_id, "AccountObjectId")?;
+                10usize => {
+                    match key.as_str() {
+                        "ActionType" => {
+                            take(&mut map, &mut row.action_type, "ActionType")?;
+                        }
+                        "DeviceType" => {
+                            take(&mut map, &mut row.device_type, "DeviceType")?;
+                        }
+                        "OSPlatform" => {
+                            take(&mut map, &mut row.os_platform, "OSPlatform")?;
+                        }
+                        "ObjectName" => {
+                            take(&mut map, &mut row.object_name, "ObjectName")?;
+                        }
+                        "ObjectType" => {
+                            take(&mut map, &mut row.object_type, "ObjectType")?;
+                        }
+                        "IPCategory" => {
+                            take(&mut map, &mut row.ip_category, "IPCategory")?;
+                        }
+                        "OAuthAppId" => {
+                            take(&mut map, &mut row.o_auth_app_id, "OAuthAppId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountId" => {
-                    take(&mut map, &mut row.account_id, "AccountId")?;
+                11usize => {
+                    match key.as_str() {
+                        "Application" => {
+                            take(&mut map, &mut row.application, "Application")?;
+                        }
+                        "CountryCode" => {
+                            take(&mut map, &mut row.country_code, "CountryCode")?;
+                        }
+                        "AccountType" => {
+                            take(&mut map, &mut row.account_type, "AccountType")?;
+                        }
+                        "AuditSource" => {
+                            take(&mut map, &mut row.audit_source, "AuditSource")?;
+                        }
+                        "SessionData" => {
+                            take(&mut map, &mut row.session_data, "SessionData")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountDisplayName" => {
-                    take(&mut map, &mut row.account_display_name, "AccountDisplayName")?;
+                12usize => {
+                    match key.as_str() {
+                        "ActivityType" => {
+                            take(&mut map, &mut row.activity_type, "ActivityType")?;
+                        }
+                        "RawEventData" => {
+                            take(&mut map, &mut row.raw_event_data, "RawEventData")?;
+                        }
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "IsAdminOperation" => {
-                    take(&mut map, &mut row.is_admin_operation, "IsAdminOperation")?;
+                13usize => {
+                    match key.as_str() {
+                        "ApplicationId" => {
+                            take(&mut map, &mut row.application_id, "ApplicationId")?;
+                        }
+                        "AppInstanceId" => {
+                            take(&mut map, &mut row.app_instance_id, "AppInstanceId")?;
+                        }
+                        "UserAgentTags" => {
+                            take(&mut map, &mut row.user_agent_tags, "UserAgentTags")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DeviceType" => {
-                    take(&mut map, &mut row.device_type, "DeviceType")?;
+                14usize => {
+                    match key.as_str() {
+                        "IsExternalUser" => {
+                            take(&mut map, &mut row.is_external_user, "IsExternalUser")?;
+                        }
+                        "IsImpersonated" => {
+                            take(&mut map, &mut row.is_impersonated, "IsImpersonated")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "OSPlatform" => {
-                    take(&mut map, &mut row.os_platform, "OSPlatform")?;
+                15usize => {
+                    match key.as_str() {
+                        "AccountObjectId" => {
+                            take(
+                                &mut map,
+                                &mut row.account_object_id,
+                                "AccountObjectId",
+                            )?;
+                        }
+                        "ActivityObjects" => {
+                            take(
+                                &mut map,
+                                &mut row.activity_objects,
+                                "ActivityObjects",
+                            )?;
+                        }
+                        "LastSeenForUser" => {
+                            take(
+                                &mut map,
+                                &mut row.last_seen_for_user,
+                                "LastSeenForUser",
+                            )?;
+                        }
+                        "UncommonForUser" => {
+                            take(
+                                &mut map,
+                                &mut row.uncommon_for_user,
+                                "UncommonForUser",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "IPAddress" => {
-                    take(&mut map, &mut row.ip_address, "IPAddress")?;
+                16usize => {
+                    match key.as_str() {
+                        "IsAdminOperation" => {
+                            take(
+                                &mut map,
+                                &mut row.is_admin_operation,
+                                "IsAdminOperation",
+                            )?;
+                        }
+                        "IsAnonymousProxy" => {
+                            take(
+                                &mut map,
+                                &mut row.is_anonymous_proxy,
+                                "IsAnonymousProxy",
+                            )?;
+                        }
+                        "AdditionalFields" => {
+                            take(
+                                &mut map,
+                                &mut row.additional_fields,
+                                "AdditionalFields",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "IsAnonymousProxy" => {
-                    take(&mut map, &mut row.is_anonymous_proxy, "IsAnonymousProxy")?;
+                18usize => {
+                    match key.as_str() {
+                        "AccountDisplayName" => {
+                            take(
+                                &mut map,
+                                &mut row.account_display_name,
+                                "AccountDisplayName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "CountryCode" => {
-                    take(&mut map, &mut row.country_code, "CountryCode")?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "City" => {
-                    take(&mut map, &mut row.city, "City")?;
-                }
-                "Isp" => {
-                    take(&mut map, &mut row.isp, "Isp")?;
-                }
-                "UserAgent" => {
-                    take(&mut map, &mut row.user_agent, "UserAgent")?;
-                }
-                "ActivityType" => {
-                    take(&mut map, &mut row.activity_type, "ActivityType")?;
-                }
-                "ActivityObjects" => {
-                    take(&mut map, &mut row.activity_objects, "ActivityObjects")?;
-                }
-                "ObjectName" => {
-                    take(&mut map, &mut row.object_name, "ObjectName")?;
-                }
-                "ObjectType" => {
-                    take(&mut map, &mut row.object_type, "ObjectType")?;
-                }
-                "ObjectId" => {
-                    take(&mut map, &mut row.object_id, "ObjectId")?;
-                }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
-                }
-                "AccountType" => {
-                    take(&mut map, &mut row.account_type, "AccountType")?;
-                }
-                "IsExternalUser" => {
-                    take(&mut map, &mut row.is_external_user, "IsExternalUser")?;
-                }
-                "IsImpersonated" => {
-                    take(&mut map, &mut row.is_impersonated, "IsImpersonated")?;
-                }
-                "IPTags" => {
-                    take(&mut map, &mut row.ip_tags, "IPTags")?;
-                }
-                "IPCategory" => {
-                    take(&mut map, &mut row.ip_category, "IPCategory")?;
-                }
-                "UserAgentTags" => {
-                    take(&mut map, &mut row.user_agent_tags, "UserAgentTags")?;
-                }
-                "RawEventData" => {
-                    take(&mut map, &mut row.raw_event_data, "RawEventData")?;
-                }
-                "AdditionalFields" => {
-                    take(&mut map, &mut row.additional_fields, "AdditionalFields")?;
-                }
-                "LastSeenForUser" => {
-                    take(&mut map, &mut row.last_seen_for_user, "LastSeenForUser")?;
-                }
-                "UncommonForUser" => {
-                    take(&mut map, &mut row.uncommon_for_user, "UncommonForUser")?;
-                }
-                "AuditSource" => {
-                    take(&mut map, &mut row.audit_source, "AuditSource")?;
-                }
-                "SessionData" => {
-                    take(&mut map, &mut row.session_data, "SessionData")?;
-                }
-                "OAuthAppId" => {
-                    take(&mut map, &mut row.o_auth_app_id, "OAuthAppId")?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

@@ -387,87 +387,197 @@ impl Serialize for CloudAuditEvents {
 }
 impl<'de> Deserialize<'de> for CloudAuditEvents {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl CloudAuditEvents {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(CloudAuditEventsVisitor)
     }
 }
 struct CloudAuditEventsVisitor;
 impl<'de> Visitor<'de> for CloudAuditEventsVisitor {
-    type Value = CloudAuditEvents;
+    type Value = Box<CloudAuditEvents>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a CloudAuditEvents row (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(
         self,
         mut map: A,
-    ) -> Result<CloudAuditEvents, A::Error> {
-        let mut row = CloudAuditEvents::default();
+    ) -> Result<Box<CloudAuditEvents>, A::Error> {
+        let mut row = Box::<CloudAuditEvents>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                3usize => {
+                    match key.as_str() {
+                        "Isp" => {
+                            take(&mut map, &mut row.isp, "Isp")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
+                4usize => {
+                    match key.as_str() {
+                        "City" => {
+                            take(&mut map, &mut row.city, "City")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DataSource" => {
-                    take(&mut map, &mut row.data_source, "DataSource")?;
+                7usize => {
+                    match key.as_str() {
+                        "Account" => {
+                            take(&mut map, &mut row.account, "Account")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ActionType" => {
-                    take(&mut map, &mut row.action_type, "ActionType")?;
+                8usize => {
+                    match key.as_str() {
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "OperationName" => {
-                    take(&mut map, &mut row.operation_name, "OperationName")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        "IPAddress" => {
+                            take(&mut map, &mut row.ip_address, "IPAddress")?;
+                        }
+                        "UserAgent" => {
+                            take(&mut map, &mut row.user_agent, "UserAgent")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ResourceId" => {
-                    take(&mut map, &mut row.resource_id, "ResourceId")?;
+                10usize => {
+                    match key.as_str() {
+                        "DataSource" => {
+                            take(&mut map, &mut row.data_source, "DataSource")?;
+                        }
+                        "ActionType" => {
+                            take(&mut map, &mut row.action_type, "ActionType")?;
+                        }
+                        "ResourceId" => {
+                            take(&mut map, &mut row.resource_id, "ResourceId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "IPAddress" => {
-                    take(&mut map, &mut row.ip_address, "IPAddress")?;
+                11usize => {
+                    match key.as_str() {
+                        "CountryCode" => {
+                            take(&mut map, &mut row.country_code, "CountryCode")?;
+                        }
+                        "AuditSource" => {
+                            take(&mut map, &mut row.audit_source, "AuditSource")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "IsAnonymousProxy" => {
-                    take(&mut map, &mut row.is_anonymous_proxy, "IsAnonymousProxy")?;
+                12usize => {
+                    match key.as_str() {
+                        "RawEventData" => {
+                            take(&mut map, &mut row.raw_event_data, "RawEventData")?;
+                        }
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "CountryCode" => {
-                    take(&mut map, &mut row.country_code, "CountryCode")?;
+                13usize => {
+                    match key.as_str() {
+                        "OperationName" => {
+                            take(&mut map, &mut row.operation_name, "OperationName")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "City" => {
-                    take(&mut map, &mut row.city, "City")?;
+                15usize => {
+                    match key.as_str() {
+                        "AzureResourceId" => {
+                            take(
+                                &mut map,
+                                &mut row.azure_resource_id,
+                                "AzureResourceId",
+                            )?;
+                        }
+                        "AwsResourceName" => {
+                            take(
+                                &mut map,
+                                &mut row.aws_resource_name,
+                                "AwsResourceName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Isp" => {
-                    take(&mut map, &mut row.isp, "Isp")?;
+                16usize => {
+                    match key.as_str() {
+                        "IsAnonymousProxy" => {
+                            take(
+                                &mut map,
+                                &mut row.is_anonymous_proxy,
+                                "IsAnonymousProxy",
+                            )?;
+                        }
+                        "AdditionalFields" => {
+                            take(
+                                &mut map,
+                                &mut row.additional_fields,
+                                "AdditionalFields",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "UserAgent" => {
-                    take(&mut map, &mut row.user_agent, "UserAgent")?;
+                19usize => {
+                    match key.as_str() {
+                        "GcpFullResourceName" => {
+                            take(
+                                &mut map,
+                                &mut row.gcp_full_resource_name,
+                                "GcpFullResourceName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "RawEventData" => {
-                    take(&mut map, &mut row.raw_event_data, "RawEventData")?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "AdditionalFields" => {
-                    take(&mut map, &mut row.additional_fields, "AdditionalFields")?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                "AuditSource" => {
-                    take(&mut map, &mut row.audit_source, "AuditSource")?;
-                }
-                "AzureResourceId" => {
-                    take(&mut map, &mut row.azure_resource_id, "AzureResourceId")?;
-                }
-                "AwsResourceName" => {
-                    take(&mut map, &mut row.aws_resource_name, "AwsResourceName")?;
-                }
-                "GcpFullResourceName" => {
-                    take(
-                        &mut map,
-                        &mut row.gcp_full_resource_name,
-                        "GcpFullResourceName",
-                    )?;
-                }
-                "Account" => {
-                    take(&mut map, &mut row.account, "Account")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

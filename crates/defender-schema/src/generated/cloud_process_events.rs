@@ -594,133 +594,277 @@ impl Serialize for CloudProcessEvents {
 }
 impl<'de> Deserialize<'de> for CloudProcessEvents {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl CloudProcessEvents {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(CloudProcessEventsVisitor)
     }
 }
 struct CloudProcessEventsVisitor;
 impl<'de> Visitor<'de> for CloudProcessEventsVisitor {
-    type Value = CloudProcessEvents;
+    type Value = Box<CloudProcessEvents>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a CloudProcessEvents row (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(
         self,
         mut map: A,
-    ) -> Result<CloudProcessEvents, A::Error> {
-        let mut row = CloudProcessEvents::default();
+    ) -> Result<Box<CloudProcessEvents>, A::Error> {
+        let mut row = Box::<CloudProcessEvents>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                6usize => {
+                    match key.as_str() {
+                        "Region" => {
+                            take(&mut map, &mut row.region, "Region")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AzureResourceId" => {
-                    take(&mut map, &mut row.azure_resource_id, "AzureResourceId")?;
+                7usize => {
+                    match key.as_str() {
+                        "LogonId" => {
+                            take(&mut map, &mut row.logon_id, "LogonId")?;
+                        }
+                        "AgentId" => {
+                            take(&mut map, &mut row.agent_id, "AgentId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AwsResourceName" => {
-                    take(&mut map, &mut row.aws_resource_name, "AwsResourceName")?;
+                8usize => {
+                    match key.as_str() {
+                        "FileName" => {
+                            take(&mut map, &mut row.file_name, "FileName")?;
+                        }
+                        "HostName" => {
+                            take(&mut map, &mut row.host_name, "HostName")?;
+                        }
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "GcpFullResourceName" => {
-                    take(
-                        &mut map,
-                        &mut row.gcp_full_resource_name,
-                        "GcpFullResourceName",
-                    )?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        "ProcessId" => {
+                            take(&mut map, &mut row.process_id, "ProcessId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ContainerImageName" => {
-                    take(&mut map, &mut row.container_image_name, "ContainerImageName")?;
+                10usize => {
+                    match key.as_str() {
+                        "ActionType" => {
+                            take(&mut map, &mut row.action_type, "ActionType")?;
+                        }
+                        "FolderPath" => {
+                            take(&mut map, &mut row.folder_path, "FolderPath")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "KubernetesNamespace" => {
-                    take(
-                        &mut map,
-                        &mut row.kubernetes_namespace,
-                        "KubernetesNamespace",
-                    )?;
+                11usize => {
+                    match key.as_str() {
+                        "ContainerId" => {
+                            take(&mut map, &mut row.container_id, "ContainerId")?;
+                        }
+                        "ProcessName" => {
+                            take(&mut map, &mut row.process_name, "ProcessName")?;
+                        }
+                        "AccountName" => {
+                            take(&mut map, &mut row.account_name, "AccountName")?;
+                        }
+                        "ImageDigest" => {
+                            take(&mut map, &mut row.image_digest, "ImageDigest")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "KubernetesPodName" => {
-                    take(&mut map, &mut row.kubernetes_pod_name, "KubernetesPodName")?;
+                12usize => {
+                    match key.as_str() {
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "KubernetesResource" => {
-                    take(&mut map, &mut row.kubernetes_resource, "KubernetesResource")?;
+                13usize => {
+                    match key.as_str() {
+                        "ContainerName" => {
+                            take(&mut map, &mut row.container_name, "ContainerName")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ContainerName" => {
-                    take(&mut map, &mut row.container_name, "ContainerName")?;
+                15usize => {
+                    match key.as_str() {
+                        "AzureResourceId" => {
+                            take(
+                                &mut map,
+                                &mut row.azure_resource_id,
+                                "AzureResourceId",
+                            )?;
+                        }
+                        "AwsResourceName" => {
+                            take(
+                                &mut map,
+                                &mut row.aws_resource_name,
+                                "AwsResourceName",
+                            )?;
+                        }
+                        "ParentProcessId" => {
+                            take(
+                                &mut map,
+                                &mut row.parent_process_id,
+                                "ParentProcessId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ContainerId" => {
-                    take(&mut map, &mut row.container_id, "ContainerId")?;
+                16usize => {
+                    match key.as_str() {
+                        "AdditionalFields" => {
+                            take(
+                                &mut map,
+                                &mut row.additional_fields,
+                                "AdditionalFields",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ActionType" => {
-                    take(&mut map, &mut row.action_type, "ActionType")?;
+                17usize => {
+                    match key.as_str() {
+                        "KubernetesPodName" => {
+                            take(
+                                &mut map,
+                                &mut row.kubernetes_pod_name,
+                                "KubernetesPodName",
+                            )?;
+                        }
+                        "ParentProcessName" => {
+                            take(
+                                &mut map,
+                                &mut row.parent_process_name,
+                                "ParentProcessName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "FileName" => {
-                    take(&mut map, &mut row.file_name, "FileName")?;
+                18usize => {
+                    match key.as_str() {
+                        "ContainerImageName" => {
+                            take(
+                                &mut map,
+                                &mut row.container_image_name,
+                                "ContainerImageName",
+                            )?;
+                        }
+                        "KubernetesResource" => {
+                            take(
+                                &mut map,
+                                &mut row.kubernetes_resource,
+                                "KubernetesResource",
+                            )?;
+                        }
+                        "ProcessCommandLine" => {
+                            take(
+                                &mut map,
+                                &mut row.process_command_line,
+                                "ProcessCommandLine",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "FolderPath" => {
-                    take(&mut map, &mut row.folder_path, "FolderPath")?;
+                19usize => {
+                    match key.as_str() {
+                        "GcpFullResourceName" => {
+                            take(
+                                &mut map,
+                                &mut row.gcp_full_resource_name,
+                                "GcpFullResourceName",
+                            )?;
+                        }
+                        "KubernetesNamespace" => {
+                            take(
+                                &mut map,
+                                &mut row.kubernetes_namespace,
+                                "KubernetesNamespace",
+                            )?;
+                        }
+                        "ProcessCreationTime" => {
+                            take(
+                                &mut map,
+                                &mut row.process_creation_time,
+                                "ProcessCreationTime",
+                            )?;
+                        }
+                        "InitiatingProcessId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_id,
+                                "InitiatingProcessId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ProcessId" => {
-                    take(&mut map, &mut row.process_id, "ProcessId")?;
+                30usize => {
+                    match key.as_str() {
+                        "ProcessCurrentWorkingDirectory" => {
+                            take(
+                                &mut map,
+                                &mut row.process_current_working_directory,
+                                "ProcessCurrentWorkingDirectory",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ProcessName" => {
-                    take(&mut map, &mut row.process_name, "ProcessName")?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "ParentProcessName" => {
-                    take(&mut map, &mut row.parent_process_name, "ParentProcessName")?;
-                }
-                "ParentProcessId" => {
-                    take(&mut map, &mut row.parent_process_id, "ParentProcessId")?;
-                }
-                "ProcessCommandLine" => {
-                    take(&mut map, &mut row.process_command_line, "ProcessCommandLine")?;
-                }
-                "ProcessCreationTime" => {
-                    take(
-                        &mut map,
-                        &mut row.process_creation_time,
-                        "ProcessCreationTime",
-                    )?;
-                }
-                "ProcessCurrentWorkingDirectory" => {
-                    take(
-                        &mut map,
-                        &mut row.process_current_working_directory,
-                        "ProcessCurrentWorkingDirectory",
-                    )?;
-                }
-                "AccountName" => {
-                    take(&mut map, &mut row.account_name, "AccountName")?;
-                }
-                "LogonId" => {
-                    take(&mut map, &mut row.logon_id, "LogonId")?;
-                }
-                "InitiatingProcessId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_id,
-                        "InitiatingProcessId",
-                    )?;
-                }
-                "ImageDigest" => {
-                    take(&mut map, &mut row.image_digest, "ImageDigest")?;
-                }
-                "AgentId" => {
-                    take(&mut map, &mut row.agent_id, "AgentId")?;
-                }
-                "Region" => {
-                    take(&mut map, &mut row.region, "Region")?;
-                }
-                "HostName" => {
-                    take(&mut map, &mut row.host_name, "HostName")?;
-                }
-                "AdditionalFields" => {
-                    take(&mut map, &mut row.additional_fields, "AdditionalFields")?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

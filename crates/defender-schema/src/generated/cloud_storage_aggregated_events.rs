@@ -690,165 +690,341 @@ impl Serialize for CloudStorageAggregatedEvents {
 }
 impl<'de> Deserialize<'de> for CloudStorageAggregatedEvents {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl CloudStorageAggregatedEvents {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(CloudStorageAggregatedEventsVisitor)
     }
 }
 struct CloudStorageAggregatedEventsVisitor;
 impl<'de> Visitor<'de> for CloudStorageAggregatedEventsVisitor {
-    type Value = CloudStorageAggregatedEvents;
+    type Value = Box<CloudStorageAggregatedEvents>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a CloudStorageAggregatedEvents row (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(
         self,
         mut map: A,
-    ) -> Result<CloudStorageAggregatedEvents, A::Error> {
-        let mut row = CloudStorageAggregatedEvents::default();
+    ) -> Result<Box<CloudStorageAggregatedEvents>, A::Error> {
+        let mut row = Box::<CloudStorageAggregatedEvents>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "DataAggregationStartTime" => {
-                    take(
-                        &mut map,
-                        &mut row.data_aggregation_start_time,
-                        "DataAggregationStartTime",
-                    )?;
+            match key.as_str().len() {
+                8usize => {
+                    match key.as_str() {
+                        "Location" => {
+                            take(&mut map, &mut row.location, "Location")?;
+                        }
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DataAggregationEndTime" => {
-                    take(
-                        &mut map,
-                        &mut row.data_aggregation_end_time,
-                        "DataAggregationEndTime",
-                    )?;
+                9usize => {
+                    match key.as_str() {
+                        "IpAddress" => {
+                            take(&mut map, &mut row.ip_address, "IpAddress")?;
+                        }
+                        "Md5Hashes" => {
+                            take(&mut map, &mut row.md5_hashes, "Md5Hashes")?;
+                        }
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DataSource" => {
-                    take(&mut map, &mut row.data_source, "DataSource")?;
+                10usize => {
+                    match key.as_str() {
+                        "DataSource" => {
+                            take(&mut map, &mut row.data_source, "DataSource")?;
+                        }
+                        "AccountUpn" => {
+                            take(&mut map, &mut row.account_upn, "AccountUpn")?;
+                        }
+                        "ActionType" => {
+                            take(&mut map, &mut row.action_type, "ActionType")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SubscriptionId" => {
-                    take(&mut map, &mut row.subscription_id, "SubscriptionId")?;
+                11usize => {
+                    match key.as_str() {
+                        "ServiceType" => {
+                            take(&mut map, &mut row.service_type, "ServiceType")?;
+                        }
+                        "AccountType" => {
+                            take(&mut map, &mut row.account_type, "AccountType")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ResourceGroup" => {
-                    take(&mut map, &mut row.resource_group, "ResourceGroup")?;
+                12usize => {
+                    match key.as_str() {
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "StorageAccount" => {
-                    take(&mut map, &mut row.storage_account, "StorageAccount")?;
+                13usize => {
+                    match key.as_str() {
+                        "ResourceGroup" => {
+                            take(&mut map, &mut row.resource_group, "ResourceGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "StorageContainer" => {
-                    take(&mut map, &mut row.storage_container, "StorageContainer")?;
+                14usize => {
+                    match key.as_str() {
+                        "SubscriptionId" => {
+                            take(&mut map, &mut row.subscription_id, "SubscriptionId")?;
+                        }
+                        "StorageAccount" => {
+                            take(&mut map, &mut row.storage_account, "StorageAccount")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "StorageFileShare" => {
-                    take(&mut map, &mut row.storage_file_share, "StorageFileShare")?;
+                15usize => {
+                    match key.as_str() {
+                        "UserAgentHeader" => {
+                            take(
+                                &mut map,
+                                &mut row.user_agent_header,
+                                "UserAgentHeader",
+                            )?;
+                        }
+                        "AccountObjectId" => {
+                            take(
+                                &mut map,
+                                &mut row.account_object_id,
+                                "AccountObjectId",
+                            )?;
+                        }
+                        "AccountTenantId" => {
+                            take(
+                                &mut map,
+                                &mut row.account_tenant_id,
+                                "AccountTenantId",
+                            )?;
+                        }
+                        "OperationsCount" => {
+                            take(
+                                &mut map,
+                                &mut row.operations_count,
+                                "OperationsCount",
+                            )?;
+                        }
+                        "AzureResourceId" => {
+                            take(
+                                &mut map,
+                                &mut row.azure_resource_id,
+                                "AzureResourceId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ServiceType" => {
-                    take(&mut map, &mut row.service_type, "ServiceType")?;
+                16usize => {
+                    match key.as_str() {
+                        "StorageContainer" => {
+                            take(
+                                &mut map,
+                                &mut row.storage_container,
+                                "StorageContainer",
+                            )?;
+                        }
+                        "StorageFileShare" => {
+                            take(
+                                &mut map,
+                                &mut row.storage_file_share,
+                                "StorageFileShare",
+                            )?;
+                        }
+                        "AdditionalFields" => {
+                            take(
+                                &mut map,
+                                &mut row.additional_fields,
+                                "AdditionalFields",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "IpAddress" => {
-                    take(&mut map, &mut row.ip_address, "IpAddress")?;
+                18usize => {
+                    match key.as_str() {
+                        "OperationNamesList" => {
+                            take(
+                                &mut map,
+                                &mut row.operation_names_list,
+                                "OperationNamesList",
+                            )?;
+                        }
+                        "AuthenticationType" => {
+                            take(
+                                &mut map,
+                                &mut row.authentication_type,
+                                "AuthenticationType",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "UserAgentHeader" => {
-                    take(&mut map, &mut row.user_agent_header, "UserAgentHeader")?;
+                19usize => {
+                    match key.as_str() {
+                        "TotalResponseLength" => {
+                            take(
+                                &mut map,
+                                &mut row.total_response_length,
+                                "TotalResponseLength",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "OperationNamesList" => {
-                    take(&mut map, &mut row.operation_names_list, "OperationNamesList")?;
+                20usize => {
+                    match key.as_str() {
+                        "AccountApplicationId" => {
+                            take(
+                                &mut map,
+                                &mut row.account_application_id,
+                                "AccountApplicationId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AuthenticationType" => {
-                    take(&mut map, &mut row.authentication_type, "AuthenticationType")?;
+                21usize => {
+                    match key.as_str() {
+                        "FailedOperationsCount" => {
+                            take(
+                                &mut map,
+                                &mut row.failed_operations_count,
+                                "FailedOperationsCount",
+                            )?;
+                        }
+                        "DistinctGetOperations" => {
+                            take(
+                                &mut map,
+                                &mut row.distinct_get_operations,
+                                "DistinctGetOperations",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountObjectId" => {
-                    take(&mut map, &mut row.account_object_id, "AccountObjectId")?;
+                22usize => {
+                    match key.as_str() {
+                        "DataAggregationEndTime" => {
+                            take(
+                                &mut map,
+                                &mut row.data_aggregation_end_time,
+                                "DataAggregationEndTime",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountTenantId" => {
-                    take(&mut map, &mut row.account_tenant_id, "AccountTenantId")?;
+                24usize => {
+                    match key.as_str() {
+                        "DataAggregationStartTime" => {
+                            take(
+                                &mut map,
+                                &mut row.data_aggregation_start_time,
+                                "DataAggregationStartTime",
+                            )?;
+                        }
+                        "SuccessfulReadOperations" => {
+                            take(
+                                &mut map,
+                                &mut row.successful_read_operations,
+                                "SuccessfulReadOperations",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountApplicationId" => {
-                    take(
-                        &mut map,
-                        &mut row.account_application_id,
-                        "AccountApplicationId",
-                    )?;
+                25usize => {
+                    match key.as_str() {
+                        "SuccessfulOperationsCount" => {
+                            take(
+                                &mut map,
+                                &mut row.successful_operations_count,
+                                "SuccessfulOperationsCount",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountUpn" => {
-                    take(&mut map, &mut row.account_upn, "AccountUpn")?;
+                29usize => {
+                    match key.as_str() {
+                        "AnonymousSuccessfulOperations" => {
+                            take(
+                                &mut map,
+                                &mut row.anonymous_successful_operations,
+                                "AnonymousSuccessfulOperations",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountType" => {
-                    take(&mut map, &mut row.account_type, "AccountType")?;
+                36usize => {
+                    match key.as_str() {
+                        "HasAnonymousResourceNotFoundFailures" => {
+                            take(
+                                &mut map,
+                                &mut row.has_anonymous_resource_not_found_failures,
+                                "HasAnonymousResourceNotFoundFailures",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "OperationsCount" => {
-                    take(&mut map, &mut row.operations_count, "OperationsCount")?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "SuccessfulOperationsCount" => {
-                    take(
-                        &mut map,
-                        &mut row.successful_operations_count,
-                        "SuccessfulOperationsCount",
-                    )?;
-                }
-                "FailedOperationsCount" => {
-                    take(
-                        &mut map,
-                        &mut row.failed_operations_count,
-                        "FailedOperationsCount",
-                    )?;
-                }
-                "TotalResponseLength" => {
-                    take(
-                        &mut map,
-                        &mut row.total_response_length,
-                        "TotalResponseLength",
-                    )?;
-                }
-                "SuccessfulReadOperations" => {
-                    take(
-                        &mut map,
-                        &mut row.successful_read_operations,
-                        "SuccessfulReadOperations",
-                    )?;
-                }
-                "DistinctGetOperations" => {
-                    take(
-                        &mut map,
-                        &mut row.distinct_get_operations,
-                        "DistinctGetOperations",
-                    )?;
-                }
-                "AnonymousSuccessfulOperations" => {
-                    take(
-                        &mut map,
-                        &mut row.anonymous_successful_operations,
-                        "AnonymousSuccessfulOperations",
-                    )?;
-                }
-                "HasAnonymousResourceNotFoundFailures" => {
-                    take(
-                        &mut map,
-                        &mut row.has_anonymous_resource_not_found_failures,
-                        "HasAnonymousResourceNotFoundFailures",
-                    )?;
-                }
-                "Md5Hashes" => {
-                    take(&mut map, &mut row.md5_hashes, "Md5Hashes")?;
-                }
-                "AzureResourceId" => {
-                    take(&mut map, &mut row.azure_resource_id, "AzureResourceId")?;
-                }
-                "Location" => {
-                    take(&mut map, &mut row.location, "Location")?;
-                }
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
-                }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
-                }
-                "ActionType" => {
-                    take(&mut map, &mut row.action_type, "ActionType")?;
-                }
-                "AdditionalFields" => {
-                    take(&mut map, &mut row.additional_fields, "AdditionalFields")?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

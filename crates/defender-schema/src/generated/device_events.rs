@@ -1315,362 +1315,626 @@ impl Serialize for DeviceEvents {
 }
 impl<'de> Deserialize<'de> for DeviceEvents {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl DeviceEvents {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(DeviceEventsVisitor)
     }
 }
 struct DeviceEventsVisitor;
 impl<'de> Visitor<'de> for DeviceEventsVisitor {
-    type Value = DeviceEvents;
+    type Value = Box<DeviceEvents>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a DeviceEvents row (a JSON object)")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<DeviceEvents, A::Error> {
-        let mut row = DeviceEvents::default();
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<Box<DeviceEvents>, A::Error> {
+        let mut row = Box::<DeviceEvents>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                3usize => {
+                    match key.as_str() {
+                        "MD5" => {
+                            take(&mut map, &mut row.md5, "MD5")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                4usize => {
+                    match key.as_str() {
+                        "SHA1" => {
+                            take(&mut map, &mut row.sha1, "SHA1")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                6usize => {
+                    match key.as_str() {
+                        "SHA256" => {
+                            take(&mut map, &mut row.sha256, "SHA256")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                7usize => {
+                    match key.as_str() {
+                        "LogonId" => {
+                            take(&mut map, &mut row.logon_id, "LogonId")?;
+                        }
+                        "LocalIP" => {
+                            take(&mut map, &mut row.local_ip, "LocalIP")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                8usize => {
+                    match key.as_str() {
+                        "DeviceId" => {
+                            take(&mut map, &mut row.device_id, "DeviceId")?;
+                        }
+                        "FileName" => {
+                            take(&mut map, &mut row.file_name, "FileName")?;
+                        }
+                        "FileSize" => {
+                            take(&mut map, &mut row.file_size, "FileSize")?;
+                        }
+                        "RemoteIP" => {
+                            take(&mut map, &mut row.remote_ip, "RemoteIP")?;
+                        }
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        "RemoteUrl" => {
+                            take(&mut map, &mut row.remote_url, "RemoteUrl")?;
+                        }
+                        "ProcessId" => {
+                            take(&mut map, &mut row.process_id, "ProcessId")?;
+                        }
+                        "LocalPort" => {
+                            take(&mut map, &mut row.local_port, "LocalPort")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                10usize => {
+                    match key.as_str() {
+                        "DeviceName" => {
+                            take(&mut map, &mut row.device_name, "DeviceName")?;
+                        }
+                        "ActionType" => {
+                            take(&mut map, &mut row.action_type, "ActionType")?;
+                        }
+                        "FolderPath" => {
+                            take(&mut map, &mut row.folder_path, "FolderPath")?;
+                        }
+                        "AccountSid" => {
+                            take(&mut map, &mut row.account_sid, "AccountSid")?;
+                        }
+                        "RemotePort" => {
+                            take(&mut map, &mut row.remote_port, "RemotePort")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                11usize => {
+                    match key.as_str() {
+                        "AccountName" => {
+                            take(&mut map, &mut row.account_name, "AccountName")?;
+                        }
+                        "RegistryKey" => {
+                            take(&mut map, &mut row.registry_key, "RegistryKey")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                12usize => {
+                    match key.as_str() {
+                        "FileOriginIP" => {
+                            take(&mut map, &mut row.file_origin_ip, "FileOriginIP")?;
+                        }
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                13usize => {
+                    match key.as_str() {
+                        "AccountDomain" => {
+                            take(&mut map, &mut row.account_domain, "AccountDomain")?;
+                        }
+                        "FileOriginUrl" => {
+                            take(&mut map, &mut row.file_origin_url, "FileOriginUrl")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                16usize => {
+                    match key.as_str() {
+                        "RemoteDeviceName" => {
+                            take(
+                                &mut map,
+                                &mut row.remote_device_name,
+                                "RemoteDeviceName",
+                            )?;
+                        }
+                        "AdditionalFields" => {
+                            take(
+                                &mut map,
+                                &mut row.additional_fields,
+                                "AdditionalFields",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                17usize => {
+                    match key.as_str() {
+                        "RegistryValueName" => {
+                            take(
+                                &mut map,
+                                &mut row.registry_value_name,
+                                "RegistryValueName",
+                            )?;
+                        }
+                        "RegistryValueData" => {
+                            take(
+                                &mut map,
+                                &mut row.registry_value_data,
+                                "RegistryValueData",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                18usize => {
+                    match key.as_str() {
+                        "ProcessCommandLine" => {
+                            take(
+                                &mut map,
+                                &mut row.process_command_line,
+                                "ProcessCommandLine",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                19usize => {
+                    match key.as_str() {
+                        "ProcessCreationTime" => {
+                            take(
+                                &mut map,
+                                &mut row.process_creation_time,
+                                "ProcessCreationTime",
+                            )?;
+                        }
+                        "InitiatingProcessId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_id,
+                                "InitiatingProcessId",
+                            )?;
+                        }
+                        "AppGuardContainerId" => {
+                            take(
+                                &mut map,
+                                &mut row.app_guard_container_id,
+                                "AppGuardContainerId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                20usize => {
+                    match key.as_str() {
+                        "InitiatingProcessMD5" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_md5,
+                                "InitiatingProcessMD5",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                21usize => {
+                    match key.as_str() {
+                        "ProcessTokenElevation" => {
+                            take(
+                                &mut map,
+                                &mut row.process_token_elevation,
+                                "ProcessTokenElevation",
+                            )?;
+                        }
+                        "InitiatingProcessSHA1" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_sha1,
+                                "InitiatingProcessSHA1",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                22usize => {
+                    match key.as_str() {
+                        "IsProcessRemoteSession" => {
+                            take(
+                                &mut map,
+                                &mut row.is_process_remote_session,
+                                "IsProcessRemoteSession",
+                            )?;
+                        }
+                        "ProcessRemoteSessionIP" => {
+                            take(
+                                &mut map,
+                                &mut row.process_remote_session_ip,
+                                "ProcessRemoteSessionIP",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                23usize => {
+                    match key.as_str() {
+                        "InitiatingProcessSHA256" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_sha256,
+                                "InitiatingProcessSHA256",
+                            )?;
+                        }
+                        "CreatedProcessSessionId" => {
+                            take(
+                                &mut map,
+                                &mut row.created_process_session_id,
+                                "CreatedProcessSessionId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                24usize => {
+                    match key.as_str() {
+                        "InitiatingProcessLogonId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_logon_id,
+                                "InitiatingProcessLogonId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                25usize => {
+                    match key.as_str() {
+                        "InitiatingProcessFileName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_file_name,
+                                "InitiatingProcessFileName",
+                            )?;
+                        }
+                        "InitiatingProcessFileSize" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_file_size,
+                                "InitiatingProcessFileSize",
+                            )?;
+                        }
+                        "InitiatingProcessParentId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_parent_id,
+                                "InitiatingProcessParentId",
+                            )?;
+                        }
+                        "InitiatingProcessUniqueId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_unique_id,
+                                "InitiatingProcessUniqueId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                26usize => {
+                    match key.as_str() {
+                        "InitiatingProcessSessionId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_session_id,
+                                "InitiatingProcessSessionId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                27usize => {
+                    match key.as_str() {
+                        "InitiatingProcessFolderPath" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_folder_path,
+                                "InitiatingProcessFolderPath",
+                            )?;
+                        }
+                        "InitiatingProcessAccountSid" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_sid,
+                                "InitiatingProcessAccountSid",
+                            )?;
+                        }
+                        "InitiatingProcessAccountUpn" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_upn,
+                                "InitiatingProcessAccountUpn",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                28usize => {
+                    match key.as_str() {
+                        "InitiatingProcessCommandLine" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_command_line,
+                                "InitiatingProcessCommandLine",
+                            )?;
+                        }
+                        "InitiatingProcessAccountName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_name,
+                                "InitiatingProcessAccountName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                29usize => {
+                    match key.as_str() {
+                        "InitiatingProcessCreationTime" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_creation_time,
+                                "InitiatingProcessCreationTime",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                30usize => {
+                    match key.as_str() {
+                        "InitiatingProcessAccountDomain" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_domain,
+                                "InitiatingProcessAccountDomain",
+                            )?;
+                        }
+                        "ProcessRemoteSessionDeviceName" => {
+                            take(
+                                &mut map,
+                                &mut row.process_remote_session_device_name,
+                                "ProcessRemoteSessionDeviceName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                31usize => {
+                    match key.as_str() {
+                        "InitiatingProcessParentFileName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_parent_file_name,
+                                "InitiatingProcessParentFileName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                32usize => {
+                    match key.as_str() {
+                        "InitiatingProcessAccountObjectId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_object_id,
+                                "InitiatingProcessAccountObjectId",
+                            )?;
+                        }
+                        "IsInitiatingProcessRemoteSession" => {
+                            take(
+                                &mut map,
+                                &mut row.is_initiating_process_remote_session,
+                                "IsInitiatingProcessRemoteSession",
+                            )?;
+                        }
+                        "InitiatingProcessRemoteSessionIP" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_remote_session_ip,
+                                "InitiatingProcessRemoteSessionIP",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                35usize => {
+                    match key.as_str() {
+                        "InitiatingProcessParentCreationTime" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_parent_creation_time,
+                                "InitiatingProcessParentCreationTime",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                39usize => {
+                    match key.as_str() {
+                        "InitiatingProcessVersionInfoCompanyName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_company_name,
+                                "InitiatingProcessVersionInfoCompanyName",
+                            )?;
+                        }
+                        "InitiatingProcessVersionInfoProductName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_product_name,
+                                "InitiatingProcessVersionInfoProductName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                40usize => {
+                    match key.as_str() {
+                        "InitiatingProcessRemoteSessionDeviceName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_remote_session_device_name,
+                                "InitiatingProcessRemoteSessionDeviceName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                42usize => {
+                    match key.as_str() {
+                        "InitiatingProcessVersionInfoProductVersion" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_product_version,
+                                "InitiatingProcessVersionInfoProductVersion",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                43usize => {
+                    match key.as_str() {
+                        "InitiatingProcessVersionInfoFileDescription" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_file_description,
+                                "InitiatingProcessVersionInfoFileDescription",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                44usize => {
+                    match key.as_str() {
+                        "InitiatingProcessVersionInfoInternalFileName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_internal_file_name,
+                                "InitiatingProcessVersionInfoInternalFileName",
+                            )?;
+                        }
+                        "InitiatingProcessVersionInfoOriginalFileName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_original_file_name,
+                                "InitiatingProcessVersionInfoOriginalFileName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
+                }
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "DeviceId" => {
-                    take(&mut map, &mut row.device_id, "DeviceId")?;
-                }
-                "DeviceName" => {
-                    take(&mut map, &mut row.device_name, "DeviceName")?;
-                }
-                "ActionType" => {
-                    take(&mut map, &mut row.action_type, "ActionType")?;
-                }
-                "FileName" => {
-                    take(&mut map, &mut row.file_name, "FileName")?;
-                }
-                "FolderPath" => {
-                    take(&mut map, &mut row.folder_path, "FolderPath")?;
-                }
-                "SHA1" => {
-                    take(&mut map, &mut row.sha1, "SHA1")?;
-                }
-                "SHA256" => {
-                    take(&mut map, &mut row.sha256, "SHA256")?;
-                }
-                "MD5" => {
-                    take(&mut map, &mut row.md5, "MD5")?;
-                }
-                "FileSize" => {
-                    take(&mut map, &mut row.file_size, "FileSize")?;
-                }
-                "AccountDomain" => {
-                    take(&mut map, &mut row.account_domain, "AccountDomain")?;
-                }
-                "AccountName" => {
-                    take(&mut map, &mut row.account_name, "AccountName")?;
-                }
-                "AccountSid" => {
-                    take(&mut map, &mut row.account_sid, "AccountSid")?;
-                }
-                "RemoteUrl" => {
-                    take(&mut map, &mut row.remote_url, "RemoteUrl")?;
-                }
-                "RemoteDeviceName" => {
-                    take(&mut map, &mut row.remote_device_name, "RemoteDeviceName")?;
-                }
-                "ProcessId" => {
-                    take(&mut map, &mut row.process_id, "ProcessId")?;
-                }
-                "ProcessCommandLine" => {
-                    take(&mut map, &mut row.process_command_line, "ProcessCommandLine")?;
-                }
-                "ProcessCreationTime" => {
-                    take(
-                        &mut map,
-                        &mut row.process_creation_time,
-                        "ProcessCreationTime",
-                    )?;
-                }
-                "ProcessTokenElevation" => {
-                    take(
-                        &mut map,
-                        &mut row.process_token_elevation,
-                        "ProcessTokenElevation",
-                    )?;
-                }
-                "LogonId" => {
-                    take(&mut map, &mut row.logon_id, "LogonId")?;
-                }
-                "RegistryKey" => {
-                    take(&mut map, &mut row.registry_key, "RegistryKey")?;
-                }
-                "RegistryValueName" => {
-                    take(&mut map, &mut row.registry_value_name, "RegistryValueName")?;
-                }
-                "RegistryValueData" => {
-                    take(&mut map, &mut row.registry_value_data, "RegistryValueData")?;
-                }
-                "RemoteIP" => {
-                    take(&mut map, &mut row.remote_ip, "RemoteIP")?;
-                }
-                "RemotePort" => {
-                    take(&mut map, &mut row.remote_port, "RemotePort")?;
-                }
-                "LocalIP" => {
-                    take(&mut map, &mut row.local_ip, "LocalIP")?;
-                }
-                "LocalPort" => {
-                    take(&mut map, &mut row.local_port, "LocalPort")?;
-                }
-                "FileOriginUrl" => {
-                    take(&mut map, &mut row.file_origin_url, "FileOriginUrl")?;
-                }
-                "FileOriginIP" => {
-                    take(&mut map, &mut row.file_origin_ip, "FileOriginIP")?;
-                }
-                "InitiatingProcessSHA1" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_sha1,
-                        "InitiatingProcessSHA1",
-                    )?;
-                }
-                "InitiatingProcessSHA256" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_sha256,
-                        "InitiatingProcessSHA256",
-                    )?;
-                }
-                "InitiatingProcessMD5" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_md5,
-                        "InitiatingProcessMD5",
-                    )?;
-                }
-                "InitiatingProcessFileName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_file_name,
-                        "InitiatingProcessFileName",
-                    )?;
-                }
-                "InitiatingProcessFileSize" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_file_size,
-                        "InitiatingProcessFileSize",
-                    )?;
-                }
-                "InitiatingProcessFolderPath" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_folder_path,
-                        "InitiatingProcessFolderPath",
-                    )?;
-                }
-                "InitiatingProcessId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_id,
-                        "InitiatingProcessId",
-                    )?;
-                }
-                "InitiatingProcessCommandLine" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_command_line,
-                        "InitiatingProcessCommandLine",
-                    )?;
-                }
-                "InitiatingProcessCreationTime" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_creation_time,
-                        "InitiatingProcessCreationTime",
-                    )?;
-                }
-                "InitiatingProcessAccountDomain" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_domain,
-                        "InitiatingProcessAccountDomain",
-                    )?;
-                }
-                "InitiatingProcessAccountName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_name,
-                        "InitiatingProcessAccountName",
-                    )?;
-                }
-                "InitiatingProcessAccountSid" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_sid,
-                        "InitiatingProcessAccountSid",
-                    )?;
-                }
-                "InitiatingProcessAccountUpn" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_upn,
-                        "InitiatingProcessAccountUpn",
-                    )?;
-                }
-                "InitiatingProcessAccountObjectId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_object_id,
-                        "InitiatingProcessAccountObjectId",
-                    )?;
-                }
-                "InitiatingProcessVersionInfoCompanyName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_company_name,
-                        "InitiatingProcessVersionInfoCompanyName",
-                    )?;
-                }
-                "InitiatingProcessVersionInfoProductName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_product_name,
-                        "InitiatingProcessVersionInfoProductName",
-                    )?;
-                }
-                "InitiatingProcessVersionInfoProductVersion" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_product_version,
-                        "InitiatingProcessVersionInfoProductVersion",
-                    )?;
-                }
-                "InitiatingProcessVersionInfoInternalFileName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_internal_file_name,
-                        "InitiatingProcessVersionInfoInternalFileName",
-                    )?;
-                }
-                "InitiatingProcessVersionInfoOriginalFileName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_original_file_name,
-                        "InitiatingProcessVersionInfoOriginalFileName",
-                    )?;
-                }
-                "InitiatingProcessVersionInfoFileDescription" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_file_description,
-                        "InitiatingProcessVersionInfoFileDescription",
-                    )?;
-                }
-                "InitiatingProcessParentId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_parent_id,
-                        "InitiatingProcessParentId",
-                    )?;
-                }
-                "InitiatingProcessParentFileName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_parent_file_name,
-                        "InitiatingProcessParentFileName",
-                    )?;
-                }
-                "InitiatingProcessParentCreationTime" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_parent_creation_time,
-                        "InitiatingProcessParentCreationTime",
-                    )?;
-                }
-                "InitiatingProcessLogonId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_logon_id,
-                        "InitiatingProcessLogonId",
-                    )?;
-                }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
-                }
-                "AppGuardContainerId" => {
-                    take(
-                        &mut map,
-                        &mut row.app_guard_container_id,
-                        "AppGuardContainerId",
-                    )?;
-                }
-                "AdditionalFields" => {
-                    take(&mut map, &mut row.additional_fields, "AdditionalFields")?;
-                }
-                "InitiatingProcessSessionId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_session_id,
-                        "InitiatingProcessSessionId",
-                    )?;
-                }
-                "IsInitiatingProcessRemoteSession" => {
-                    take(
-                        &mut map,
-                        &mut row.is_initiating_process_remote_session,
-                        "IsInitiatingProcessRemoteSession",
-                    )?;
-                }
-                "InitiatingProcessRemoteSessionDeviceName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_remote_session_device_name,
-                        "InitiatingProcessRemoteSessionDeviceName",
-                    )?;
-                }
-                "InitiatingProcessRemoteSessionIP" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_remote_session_ip,
-                        "InitiatingProcessRemoteSessionIP",
-                    )?;
-                }
-                "CreatedProcessSessionId" => {
-                    take(
-                        &mut map,
-                        &mut row.created_process_session_id,
-                        "CreatedProcessSessionId",
-                    )?;
-                }
-                "IsProcessRemoteSession" => {
-                    take(
-                        &mut map,
-                        &mut row.is_process_remote_session,
-                        "IsProcessRemoteSession",
-                    )?;
-                }
-                "ProcessRemoteSessionDeviceName" => {
-                    take(
-                        &mut map,
-                        &mut row.process_remote_session_device_name,
-                        "ProcessRemoteSessionDeviceName",
-                    )?;
-                }
-                "ProcessRemoteSessionIP" => {
-                    take(
-                        &mut map,
-                        &mut row.process_remote_session_ip,
-                        "ProcessRemoteSessionIP",
-                    )?;
-                }
-                "InitiatingProcessUniqueId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_unique_id,
-                        "InitiatingProcessUniqueId",
-                    )?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

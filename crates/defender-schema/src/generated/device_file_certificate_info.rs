@@ -382,104 +382,198 @@ impl Serialize for DeviceFileCertificateInfo {
 }
 impl<'de> Deserialize<'de> for DeviceFileCertificateInfo {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl DeviceFileCertificateInfo {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(DeviceFileCertificateInfoVisitor)
     }
 }
 struct DeviceFileCertificateInfoVisitor;
 impl<'de> Visitor<'de> for DeviceFileCertificateInfoVisitor {
-    type Value = DeviceFileCertificateInfo;
+    type Value = Box<DeviceFileCertificateInfo>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a DeviceFileCertificateInfo row (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(
         self,
         mut map: A,
-    ) -> Result<DeviceFileCertificateInfo, A::Error> {
-        let mut row = DeviceFileCertificateInfo::default();
+    ) -> Result<Box<DeviceFileCertificateInfo>, A::Error> {
+        let mut row = Box::<DeviceFileCertificateInfo>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                4usize => {
+                    match key.as_str() {
+                        "SHA1" => {
+                            take(&mut map, &mut row.sha1, "SHA1")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DeviceId" => {
-                    take(&mut map, &mut row.device_id, "DeviceId")?;
+                6usize => {
+                    match key.as_str() {
+                        "Signer" => {
+                            take(&mut map, &mut row.signer, "Signer")?;
+                        }
+                        "Issuer" => {
+                            take(&mut map, &mut row.issuer, "Issuer")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DeviceName" => {
-                    take(&mut map, &mut row.device_name, "DeviceName")?;
+                8usize => {
+                    match key.as_str() {
+                        "DeviceId" => {
+                            take(&mut map, &mut row.device_id, "DeviceId")?;
+                        }
+                        "IsSigned" => {
+                            take(&mut map, &mut row.is_signed, "IsSigned")?;
+                        }
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SHA1" => {
-                    take(&mut map, &mut row.sha1, "SHA1")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        "IsTrusted" => {
+                            take(&mut map, &mut row.is_trusted, "IsTrusted")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "IsSigned" => {
-                    take(&mut map, &mut row.is_signed, "IsSigned")?;
+                10usize => {
+                    match key.as_str() {
+                        "DeviceName" => {
+                            take(&mut map, &mut row.device_name, "DeviceName")?;
+                        }
+                        "SignerHash" => {
+                            take(&mut map, &mut row.signer_hash, "SignerHash")?;
+                        }
+                        "IssuerHash" => {
+                            take(&mut map, &mut row.issuer_hash, "IssuerHash")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SignatureType" => {
-                    take(&mut map, &mut row.signature_type, "SignatureType")?;
+                12usize => {
+                    match key.as_str() {
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Signer" => {
-                    take(&mut map, &mut row.signer, "Signer")?;
+                13usize => {
+                    match key.as_str() {
+                        "SignatureType" => {
+                            take(&mut map, &mut row.signature_type, "SignatureType")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SignerHash" => {
-                    take(&mut map, &mut row.signer_hash, "SignerHash")?;
+                21usize => {
+                    match key.as_str() {
+                        "IsRootSignerMicrosoft" => {
+                            take(
+                                &mut map,
+                                &mut row.is_root_signer_microsoft,
+                                "IsRootSignerMicrosoft",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Issuer" => {
-                    take(&mut map, &mut row.issuer, "Issuer")?;
+                23usize => {
+                    match key.as_str() {
+                        "CertificateSerialNumber" => {
+                            take(
+                                &mut map,
+                                &mut row.certificate_serial_number,
+                                "CertificateSerialNumber",
+                            )?;
+                        }
+                        "CertificateCreationTime" => {
+                            take(
+                                &mut map,
+                                &mut row.certificate_creation_time,
+                                "CertificateCreationTime",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "IssuerHash" => {
-                    take(&mut map, &mut row.issuer_hash, "IssuerHash")?;
+                24usize => {
+                    match key.as_str() {
+                        "CrlDistributionPointUrls" => {
+                            take(
+                                &mut map,
+                                &mut row.crl_distribution_point_urls,
+                                "CrlDistributionPointUrls",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "CertificateSerialNumber" => {
-                    take(
-                        &mut map,
-                        &mut row.certificate_serial_number,
-                        "CertificateSerialNumber",
-                    )?;
+                25usize => {
+                    match key.as_str() {
+                        "CertificateExpirationTime" => {
+                            take(
+                                &mut map,
+                                &mut row.certificate_expiration_time,
+                                "CertificateExpirationTime",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "CrlDistributionPointUrls" => {
-                    take(
-                        &mut map,
-                        &mut row.crl_distribution_point_urls,
-                        "CrlDistributionPointUrls",
-                    )?;
+                31usize => {
+                    match key.as_str() {
+                        "CertificateCountersignatureTime" => {
+                            take(
+                                &mut map,
+                                &mut row.certificate_countersignature_time,
+                                "CertificateCountersignatureTime",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "CertificateCreationTime" => {
-                    take(
-                        &mut map,
-                        &mut row.certificate_creation_time,
-                        "CertificateCreationTime",
-                    )?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "CertificateExpirationTime" => {
-                    take(
-                        &mut map,
-                        &mut row.certificate_expiration_time,
-                        "CertificateExpirationTime",
-                    )?;
-                }
-                "CertificateCountersignatureTime" => {
-                    take(
-                        &mut map,
-                        &mut row.certificate_countersignature_time,
-                        "CertificateCountersignatureTime",
-                    )?;
-                }
-                "IsTrusted" => {
-                    take(&mut map, &mut row.is_trusted, "IsTrusted")?;
-                }
-                "IsRootSignerMicrosoft" => {
-                    take(
-                        &mut map,
-                        &mut row.is_root_signer_microsoft,
-                        "IsRootSignerMicrosoft",
-                    )?;
-                }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

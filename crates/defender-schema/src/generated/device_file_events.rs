@@ -1229,343 +1229,606 @@ impl Serialize for DeviceFileEvents {
 }
 impl<'de> Deserialize<'de> for DeviceFileEvents {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl DeviceFileEvents {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(DeviceFileEventsVisitor)
     }
 }
 struct DeviceFileEventsVisitor;
 impl<'de> Visitor<'de> for DeviceFileEventsVisitor {
-    type Value = DeviceFileEvents;
+    type Value = Box<DeviceFileEvents>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a DeviceFileEvents row (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(
         self,
         mut map: A,
-    ) -> Result<DeviceFileEvents, A::Error> {
-        let mut row = DeviceFileEvents::default();
+    ) -> Result<Box<DeviceFileEvents>, A::Error> {
+        let mut row = Box::<DeviceFileEvents>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                3usize => {
+                    match key.as_str() {
+                        "MD5" => {
+                            take(&mut map, &mut row.md5, "MD5")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DeviceId" => {
-                    take(&mut map, &mut row.device_id, "DeviceId")?;
+                4usize => {
+                    match key.as_str() {
+                        "SHA1" => {
+                            take(&mut map, &mut row.sha1, "SHA1")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DeviceName" => {
-                    take(&mut map, &mut row.device_name, "DeviceName")?;
+                6usize => {
+                    match key.as_str() {
+                        "SHA256" => {
+                            take(&mut map, &mut row.sha256, "SHA256")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ActionType" => {
-                    take(&mut map, &mut row.action_type, "ActionType")?;
+                7usize => {
+                    match key.as_str() {
+                        "LogonID" => {
+                            take(&mut map, &mut row.logon_id, "LogonID")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "FileName" => {
-                    take(&mut map, &mut row.file_name, "FileName")?;
+                8usize => {
+                    match key.as_str() {
+                        "DeviceId" => {
+                            take(&mut map, &mut row.device_id, "DeviceId")?;
+                        }
+                        "FileName" => {
+                            take(&mut map, &mut row.file_name, "FileName")?;
+                        }
+                        "FileSize" => {
+                            take(&mut map, &mut row.file_size, "FileSize")?;
+                        }
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "FolderPath" => {
-                    take(&mut map, &mut row.folder_path, "FolderPath")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        "ShareName" => {
+                            take(&mut map, &mut row.share_name, "ShareName")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SHA1" => {
-                    take(&mut map, &mut row.sha1, "SHA1")?;
+                10usize => {
+                    match key.as_str() {
+                        "DeviceName" => {
+                            take(&mut map, &mut row.device_name, "DeviceName")?;
+                        }
+                        "ActionType" => {
+                            take(&mut map, &mut row.action_type, "ActionType")?;
+                        }
+                        "FolderPath" => {
+                            take(&mut map, &mut row.folder_path, "FolderPath")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SHA256" => {
-                    take(&mut map, &mut row.sha256, "SHA256")?;
+                12usize => {
+                    match key.as_str() {
+                        "FileOriginIP" => {
+                            take(&mut map, &mut row.file_origin_ip, "FileOriginIP")?;
+                        }
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "MD5" => {
-                    take(&mut map, &mut row.md5, "MD5")?;
+                13usize => {
+                    match key.as_str() {
+                        "FileOriginUrl" => {
+                            take(&mut map, &mut row.file_origin_url, "FileOriginUrl")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "FileOriginUrl" => {
-                    take(&mut map, &mut row.file_origin_url, "FileOriginUrl")?;
+                15usize => {
+                    match key.as_str() {
+                        "RequestProtocol" => {
+                            take(
+                                &mut map,
+                                &mut row.request_protocol,
+                                "RequestProtocol",
+                            )?;
+                        }
+                        "RequestSourceIP" => {
+                            take(
+                                &mut map,
+                                &mut row.request_source_ip,
+                                "RequestSourceIP",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "FileOriginReferrerUrl" => {
-                    take(
-                        &mut map,
-                        &mut row.file_origin_referrer_url,
-                        "FileOriginReferrerUrl",
-                    )?;
+                16usize => {
+                    match key.as_str() {
+                        "PreviousFileName" => {
+                            take(
+                                &mut map,
+                                &mut row.previous_file_name,
+                                "PreviousFileName",
+                            )?;
+                        }
+                        "SensitivityLabel" => {
+                            take(
+                                &mut map,
+                                &mut row.sensitivity_label,
+                                "SensitivityLabel",
+                            )?;
+                        }
+                        "AdditionalFields" => {
+                            take(
+                                &mut map,
+                                &mut row.additional_fields,
+                                "AdditionalFields",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "FileOriginIP" => {
-                    take(&mut map, &mut row.file_origin_ip, "FileOriginIP")?;
+                17usize => {
+                    match key.as_str() {
+                        "RequestSourcePort" => {
+                            take(
+                                &mut map,
+                                &mut row.request_source_port,
+                                "RequestSourcePort",
+                            )?;
+                        }
+                        "RequestAccountSid" => {
+                            take(
+                                &mut map,
+                                &mut row.request_account_sid,
+                                "RequestAccountSid",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "PreviousFolderPath" => {
-                    take(&mut map, &mut row.previous_folder_path, "PreviousFolderPath")?;
+                18usize => {
+                    match key.as_str() {
+                        "PreviousFolderPath" => {
+                            take(
+                                &mut map,
+                                &mut row.previous_folder_path,
+                                "PreviousFolderPath",
+                            )?;
+                        }
+                        "RequestAccountName" => {
+                            take(
+                                &mut map,
+                                &mut row.request_account_name,
+                                "RequestAccountName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "PreviousFileName" => {
-                    take(&mut map, &mut row.previous_file_name, "PreviousFileName")?;
+                19usize => {
+                    match key.as_str() {
+                        "InitiatingProcessId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_id,
+                                "InitiatingProcessId",
+                            )?;
+                        }
+                        "SensitivitySubLabel" => {
+                            take(
+                                &mut map,
+                                &mut row.sensitivity_sub_label,
+                                "SensitivitySubLabel",
+                            )?;
+                        }
+                        "AppGuardContainerId" => {
+                            take(
+                                &mut map,
+                                &mut row.app_guard_container_id,
+                                "AppGuardContainerId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "FileSize" => {
-                    take(&mut map, &mut row.file_size, "FileSize")?;
+                20usize => {
+                    match key.as_str() {
+                        "InitiatingProcessMD5" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_md5,
+                                "InitiatingProcessMD5",
+                            )?;
+                        }
+                        "RequestAccountDomain" => {
+                            take(
+                                &mut map,
+                                &mut row.request_account_domain,
+                                "RequestAccountDomain",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessAccountDomain" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_domain,
-                        "InitiatingProcessAccountDomain",
-                    )?;
+                21usize => {
+                    match key.as_str() {
+                        "FileOriginReferrerUrl" => {
+                            take(
+                                &mut map,
+                                &mut row.file_origin_referrer_url,
+                                "FileOriginReferrerUrl",
+                            )?;
+                        }
+                        "InitiatingProcessSHA1" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_sha1,
+                                "InitiatingProcessSHA1",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessAccountName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_name,
-                        "InitiatingProcessAccountName",
-                    )?;
+                23usize => {
+                    match key.as_str() {
+                        "InitiatingProcessSHA256" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_sha256,
+                                "InitiatingProcessSHA256",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessAccountSid" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_sid,
-                        "InitiatingProcessAccountSid",
-                    )?;
+                25usize => {
+                    match key.as_str() {
+                        "InitiatingProcessFileName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_file_name,
+                                "InitiatingProcessFileName",
+                            )?;
+                        }
+                        "InitiatingProcessFileSize" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_file_size,
+                                "InitiatingProcessFileSize",
+                            )?;
+                        }
+                        "InitiatingProcessParentId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_parent_id,
+                                "InitiatingProcessParentId",
+                            )?;
+                        }
+                        "InitiatingProcessUniqueId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_unique_id,
+                                "InitiatingProcessUniqueId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessAccountUpn" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_upn,
-                        "InitiatingProcessAccountUpn",
-                    )?;
+                26usize => {
+                    match key.as_str() {
+                        "InitiatingProcessSessionId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_session_id,
+                                "InitiatingProcessSessionId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessAccountObjectId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_object_id,
-                        "InitiatingProcessAccountObjectId",
-                    )?;
+                27usize => {
+                    match key.as_str() {
+                        "InitiatingProcessAccountSid" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_sid,
+                                "InitiatingProcessAccountSid",
+                            )?;
+                        }
+                        "InitiatingProcessAccountUpn" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_upn,
+                                "InitiatingProcessAccountUpn",
+                            )?;
+                        }
+                        "InitiatingProcessFolderPath" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_folder_path,
+                                "InitiatingProcessFolderPath",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessMD5" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_md5,
-                        "InitiatingProcessMD5",
-                    )?;
+                28usize => {
+                    match key.as_str() {
+                        "InitiatingProcessAccountName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_name,
+                                "InitiatingProcessAccountName",
+                            )?;
+                        }
+                        "InitiatingProcessCommandLine" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_command_line,
+                                "InitiatingProcessCommandLine",
+                            )?;
+                        }
+                        "IsAzureInfoProtectionApplied" => {
+                            take(
+                                &mut map,
+                                &mut row.is_azure_info_protection_applied,
+                                "IsAzureInfoProtectionApplied",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessSHA1" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_sha1,
-                        "InitiatingProcessSHA1",
-                    )?;
+                29usize => {
+                    match key.as_str() {
+                        "InitiatingProcessCreationTime" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_creation_time,
+                                "InitiatingProcessCreationTime",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessSHA256" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_sha256,
-                        "InitiatingProcessSHA256",
-                    )?;
+                30usize => {
+                    match key.as_str() {
+                        "InitiatingProcessAccountDomain" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_domain,
+                                "InitiatingProcessAccountDomain",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessFolderPath" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_folder_path,
-                        "InitiatingProcessFolderPath",
-                    )?;
+                31usize => {
+                    match key.as_str() {
+                        "InitiatingProcessIntegrityLevel" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_integrity_level,
+                                "InitiatingProcessIntegrityLevel",
+                            )?;
+                        }
+                        "InitiatingProcessTokenElevation" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_token_elevation,
+                                "InitiatingProcessTokenElevation",
+                            )?;
+                        }
+                        "InitiatingProcessParentFileName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_parent_file_name,
+                                "InitiatingProcessParentFileName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessFileName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_file_name,
-                        "InitiatingProcessFileName",
-                    )?;
+                32usize => {
+                    match key.as_str() {
+                        "InitiatingProcessAccountObjectId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_object_id,
+                                "InitiatingProcessAccountObjectId",
+                            )?;
+                        }
+                        "IsInitiatingProcessRemoteSession" => {
+                            take(
+                                &mut map,
+                                &mut row.is_initiating_process_remote_session,
+                                "IsInitiatingProcessRemoteSession",
+                            )?;
+                        }
+                        "InitiatingProcessRemoteSessionIP" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_remote_session_ip,
+                                "InitiatingProcessRemoteSessionIP",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessFileSize" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_file_size,
-                        "InitiatingProcessFileSize",
-                    )?;
+                35usize => {
+                    match key.as_str() {
+                        "InitiatingProcessParentCreationTime" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_parent_creation_time,
+                                "InitiatingProcessParentCreationTime",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessVersionInfoCompanyName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_company_name,
-                        "InitiatingProcessVersionInfoCompanyName",
-                    )?;
+                39usize => {
+                    match key.as_str() {
+                        "InitiatingProcessVersionInfoCompanyName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_company_name,
+                                "InitiatingProcessVersionInfoCompanyName",
+                            )?;
+                        }
+                        "InitiatingProcessVersionInfoProductName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_product_name,
+                                "InitiatingProcessVersionInfoProductName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessVersionInfoProductName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_product_name,
-                        "InitiatingProcessVersionInfoProductName",
-                    )?;
+                40usize => {
+                    match key.as_str() {
+                        "InitiatingProcessRemoteSessionDeviceName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_remote_session_device_name,
+                                "InitiatingProcessRemoteSessionDeviceName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessVersionInfoProductVersion" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_product_version,
-                        "InitiatingProcessVersionInfoProductVersion",
-                    )?;
+                42usize => {
+                    match key.as_str() {
+                        "InitiatingProcessVersionInfoProductVersion" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_product_version,
+                                "InitiatingProcessVersionInfoProductVersion",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessVersionInfoInternalFileName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_internal_file_name,
-                        "InitiatingProcessVersionInfoInternalFileName",
-                    )?;
+                43usize => {
+                    match key.as_str() {
+                        "InitiatingProcessVersionInfoFileDescription" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_file_description,
+                                "InitiatingProcessVersionInfoFileDescription",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessVersionInfoOriginalFileName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_original_file_name,
-                        "InitiatingProcessVersionInfoOriginalFileName",
-                    )?;
+                44usize => {
+                    match key.as_str() {
+                        "InitiatingProcessVersionInfoInternalFileName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_internal_file_name,
+                                "InitiatingProcessVersionInfoInternalFileName",
+                            )?;
+                        }
+                        "InitiatingProcessVersionInfoOriginalFileName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_original_file_name,
+                                "InitiatingProcessVersionInfoOriginalFileName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessVersionInfoFileDescription" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_file_description,
-                        "InitiatingProcessVersionInfoFileDescription",
-                    )?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "InitiatingProcessId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_id,
-                        "InitiatingProcessId",
-                    )?;
-                }
-                "InitiatingProcessCommandLine" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_command_line,
-                        "InitiatingProcessCommandLine",
-                    )?;
-                }
-                "InitiatingProcessCreationTime" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_creation_time,
-                        "InitiatingProcessCreationTime",
-                    )?;
-                }
-                "InitiatingProcessIntegrityLevel" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_integrity_level,
-                        "InitiatingProcessIntegrityLevel",
-                    )?;
-                }
-                "InitiatingProcessTokenElevation" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_token_elevation,
-                        "InitiatingProcessTokenElevation",
-                    )?;
-                }
-                "InitiatingProcessParentId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_parent_id,
-                        "InitiatingProcessParentId",
-                    )?;
-                }
-                "InitiatingProcessParentFileName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_parent_file_name,
-                        "InitiatingProcessParentFileName",
-                    )?;
-                }
-                "InitiatingProcessParentCreationTime" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_parent_creation_time,
-                        "InitiatingProcessParentCreationTime",
-                    )?;
-                }
-                "RequestProtocol" => {
-                    take(&mut map, &mut row.request_protocol, "RequestProtocol")?;
-                }
-                "RequestSourceIP" => {
-                    take(&mut map, &mut row.request_source_ip, "RequestSourceIP")?;
-                }
-                "RequestSourcePort" => {
-                    take(&mut map, &mut row.request_source_port, "RequestSourcePort")?;
-                }
-                "RequestAccountName" => {
-                    take(&mut map, &mut row.request_account_name, "RequestAccountName")?;
-                }
-                "RequestAccountDomain" => {
-                    take(
-                        &mut map,
-                        &mut row.request_account_domain,
-                        "RequestAccountDomain",
-                    )?;
-                }
-                "RequestAccountSid" => {
-                    take(&mut map, &mut row.request_account_sid, "RequestAccountSid")?;
-                }
-                "ShareName" => {
-                    take(&mut map, &mut row.share_name, "ShareName")?;
-                }
-                "SensitivityLabel" => {
-                    take(&mut map, &mut row.sensitivity_label, "SensitivityLabel")?;
-                }
-                "SensitivitySubLabel" => {
-                    take(
-                        &mut map,
-                        &mut row.sensitivity_sub_label,
-                        "SensitivitySubLabel",
-                    )?;
-                }
-                "IsAzureInfoProtectionApplied" => {
-                    take(
-                        &mut map,
-                        &mut row.is_azure_info_protection_applied,
-                        "IsAzureInfoProtectionApplied",
-                    )?;
-                }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
-                }
-                "AppGuardContainerId" => {
-                    take(
-                        &mut map,
-                        &mut row.app_guard_container_id,
-                        "AppGuardContainerId",
-                    )?;
-                }
-                "AdditionalFields" => {
-                    take(&mut map, &mut row.additional_fields, "AdditionalFields")?;
-                }
-                "InitiatingProcessSessionId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_session_id,
-                        "InitiatingProcessSessionId",
-                    )?;
-                }
-                "IsInitiatingProcessRemoteSession" => {
-                    take(
-                        &mut map,
-                        &mut row.is_initiating_process_remote_session,
-                        "IsInitiatingProcessRemoteSession",
-                    )?;
-                }
-                "InitiatingProcessRemoteSessionDeviceName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_remote_session_device_name,
-                        "InitiatingProcessRemoteSessionDeviceName",
-                    )?;
-                }
-                "InitiatingProcessRemoteSessionIP" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_remote_session_ip,
-                        "InitiatingProcessRemoteSessionIP",
-                    )?;
-                }
-                "InitiatingProcessUniqueId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_unique_id,
-                        "InitiatingProcessUniqueId",
-                    )?;
-                }
-                "LogonID" => {
-                    take(&mut map, &mut row.logon_id, "LogonID")?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

@@ -794,144 +794,311 @@ impl Serialize for DeviceInfo {
 }
 impl<'de> Deserialize<'de> for DeviceInfo {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl DeviceInfo {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(DeviceInfoVisitor)
     }
 }
 struct DeviceInfoVisitor;
 impl<'de> Visitor<'de> for DeviceInfoVisitor {
-    type Value = DeviceInfo;
+    type Value = Box<DeviceInfo>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a DeviceInfo row (a JSON object)")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<DeviceInfo, A::Error> {
-        let mut row = DeviceInfo::default();
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<Box<DeviceInfo>, A::Error> {
+        let mut row = Box::<DeviceInfo>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                5usize => {
+                    match key.as_str() {
+                        "Model" => {
+                            take(&mut map, &mut row.model, "Model")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DeviceId" => {
-                    take(&mut map, &mut row.device_id, "DeviceId")?;
+                6usize => {
+                    match key.as_str() {
+                        "Vendor" => {
+                            take(&mut map, &mut row.vendor, "Vendor")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DeviceName" => {
-                    take(&mut map, &mut row.device_name, "DeviceName")?;
+                7usize => {
+                    match key.as_str() {
+                        "OSBuild" => {
+                            take(&mut map, &mut row.os_build, "OSBuild")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ClientVersion" => {
-                    take(&mut map, &mut row.client_version, "ClientVersion")?;
+                8usize => {
+                    match key.as_str() {
+                        "DeviceId" => {
+                            take(&mut map, &mut row.device_id, "DeviceId")?;
+                        }
+                        "PublicIP" => {
+                            take(&mut map, &mut row.public_ip, "PublicIP")?;
+                        }
+                        "JoinType" => {
+                            take(&mut map, &mut row.join_type, "JoinType")?;
+                        }
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "PublicIP" => {
-                    take(&mut map, &mut row.public_ip, "PublicIP")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        "OSVersion" => {
+                            take(&mut map, &mut row.os_version, "OSVersion")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "OSArchitecture" => {
-                    take(&mut map, &mut row.os_architecture, "OSArchitecture")?;
+                10usize => {
+                    match key.as_str() {
+                        "DeviceName" => {
+                            take(&mut map, &mut row.device_name, "DeviceName")?;
+                        }
+                        "OSPlatform" => {
+                            take(&mut map, &mut row.os_platform, "OSPlatform")?;
+                        }
+                        "DeviceType" => {
+                            take(&mut map, &mut row.device_type, "DeviceType")?;
+                        }
+                        "IsExcluded" => {
+                            take(&mut map, &mut row.is_excluded, "IsExcluded")?;
+                        }
+                        "AssetValue" => {
+                            take(&mut map, &mut row.asset_value, "AssetValue")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "OSPlatform" => {
-                    take(&mut map, &mut row.os_platform, "OSPlatform")?;
+                11usize => {
+                    match key.as_str() {
+                        "AadDeviceId" => {
+                            take(&mut map, &mut row.aad_device_id, "AadDeviceId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "OSBuild" => {
-                    take(&mut map, &mut row.os_build, "OSBuild")?;
+                12usize => {
+                    match key.as_str() {
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        "HostDeviceId" => {
+                            take(&mut map, &mut row.host_device_id, "HostDeviceId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "IsAzureADJoined" => {
-                    take(&mut map, &mut row.is_azure_ad_joined, "IsAzureADJoined")?;
+                13usize => {
+                    match key.as_str() {
+                        "ClientVersion" => {
+                            take(&mut map, &mut row.client_version, "ClientVersion")?;
+                        }
+                        "LoggedOnUsers" => {
+                            take(&mut map, &mut row.logged_on_users, "LoggedOnUsers")?;
+                        }
+                        "DeviceSubtype" => {
+                            take(&mut map, &mut row.device_subtype, "DeviceSubtype")?;
+                        }
+                        "OSVersionInfo" => {
+                            take(&mut map, &mut row.os_version_info, "OSVersionInfo")?;
+                        }
+                        "ExposureLevel" => {
+                            take(&mut map, &mut row.exposure_level, "ExposureLevel")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "JoinType" => {
-                    take(&mut map, &mut row.join_type, "JoinType")?;
+                14usize => {
+                    match key.as_str() {
+                        "OSArchitecture" => {
+                            take(&mut map, &mut row.os_architecture, "OSArchitecture")?;
+                        }
+                        "DeviceCategory" => {
+                            take(&mut map, &mut row.device_category, "DeviceCategory")?;
+                        }
+                        "OSDistribution" => {
+                            take(&mut map, &mut row.os_distribution, "OSDistribution")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AadDeviceId" => {
-                    take(&mut map, &mut row.aad_device_id, "AadDeviceId")?;
+                15usize => {
+                    match key.as_str() {
+                        "IsAzureADJoined" => {
+                            take(
+                                &mut map,
+                                &mut row.is_azure_ad_joined,
+                                "IsAzureADJoined",
+                            )?;
+                        }
+                        "MergedDeviceIds" => {
+                            take(
+                                &mut map,
+                                &mut row.merged_device_ids,
+                                "MergedDeviceIds",
+                            )?;
+                        }
+                        "ExclusionReason" => {
+                            take(
+                                &mut map,
+                                &mut row.exclusion_reason,
+                                "ExclusionReason",
+                            )?;
+                        }
+                        "AzureResourceId" => {
+                            take(
+                                &mut map,
+                                &mut row.azure_resource_id,
+                                "AzureResourceId",
+                            )?;
+                        }
+                        "AwsResourceName" => {
+                            take(
+                                &mut map,
+                                &mut row.aws_resource_name,
+                                "AwsResourceName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "LoggedOnUsers" => {
-                    take(&mut map, &mut row.logged_on_users, "LoggedOnUsers")?;
+                16usize => {
+                    match key.as_str() {
+                        "OnboardingStatus" => {
+                            take(
+                                &mut map,
+                                &mut row.onboarding_status,
+                                "OnboardingStatus",
+                            )?;
+                        }
+                        "AdditionalFields" => {
+                            take(
+                                &mut map,
+                                &mut row.additional_fields,
+                                "AdditionalFields",
+                            )?;
+                        }
+                        "MergedToDeviceId" => {
+                            take(
+                                &mut map,
+                                &mut row.merged_to_device_id,
+                                "MergedToDeviceId",
+                            )?;
+                        }
+                        "IsInternetFacing" => {
+                            take(
+                                &mut map,
+                                &mut row.is_internet_facing,
+                                "IsInternetFacing",
+                            )?;
+                        }
+                        "DeviceManualTags" => {
+                            take(
+                                &mut map,
+                                &mut row.device_manual_tags,
+                                "DeviceManualTags",
+                            )?;
+                        }
+                        "ConnectivityType" => {
+                            take(
+                                &mut map,
+                                &mut row.connectivity_type,
+                                "ConnectivityType",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "RegistryDeviceTag" => {
-                    take(&mut map, &mut row.registry_device_tag, "RegistryDeviceTag")?;
+                17usize => {
+                    match key.as_str() {
+                        "RegistryDeviceTag" => {
+                            take(
+                                &mut map,
+                                &mut row.registry_device_tag,
+                                "RegistryDeviceTag",
+                            )?;
+                        }
+                        "SensorHealthState" => {
+                            take(
+                                &mut map,
+                                &mut row.sensor_health_state,
+                                "SensorHealthState",
+                            )?;
+                        }
+                        "DeviceDynamicTags" => {
+                            take(
+                                &mut map,
+                                &mut row.device_dynamic_tags,
+                                "DeviceDynamicTags",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "OSVersion" => {
-                    take(&mut map, &mut row.os_version, "OSVersion")?;
+                19usize => {
+                    match key.as_str() {
+                        "GcpFullResourceName" => {
+                            take(
+                                &mut map,
+                                &mut row.gcp_full_resource_name,
+                                "GcpFullResourceName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
-                }
-                "OnboardingStatus" => {
-                    take(&mut map, &mut row.onboarding_status, "OnboardingStatus")?;
-                }
-                "AdditionalFields" => {
-                    take(&mut map, &mut row.additional_fields, "AdditionalFields")?;
-                }
-                "DeviceCategory" => {
-                    take(&mut map, &mut row.device_category, "DeviceCategory")?;
-                }
-                "DeviceType" => {
-                    take(&mut map, &mut row.device_type, "DeviceType")?;
-                }
-                "DeviceSubtype" => {
-                    take(&mut map, &mut row.device_subtype, "DeviceSubtype")?;
-                }
-                "Model" => {
-                    take(&mut map, &mut row.model, "Model")?;
-                }
-                "Vendor" => {
-                    take(&mut map, &mut row.vendor, "Vendor")?;
-                }
-                "OSDistribution" => {
-                    take(&mut map, &mut row.os_distribution, "OSDistribution")?;
-                }
-                "OSVersionInfo" => {
-                    take(&mut map, &mut row.os_version_info, "OSVersionInfo")?;
-                }
-                "MergedDeviceIds" => {
-                    take(&mut map, &mut row.merged_device_ids, "MergedDeviceIds")?;
-                }
-                "MergedToDeviceId" => {
-                    take(&mut map, &mut row.merged_to_device_id, "MergedToDeviceId")?;
-                }
-                "IsInternetFacing" => {
-                    take(&mut map, &mut row.is_internet_facing, "IsInternetFacing")?;
-                }
-                "SensorHealthState" => {
-                    take(&mut map, &mut row.sensor_health_state, "SensorHealthState")?;
-                }
-                "IsExcluded" => {
-                    take(&mut map, &mut row.is_excluded, "IsExcluded")?;
-                }
-                "ExclusionReason" => {
-                    take(&mut map, &mut row.exclusion_reason, "ExclusionReason")?;
-                }
-                "ExposureLevel" => {
-                    take(&mut map, &mut row.exposure_level, "ExposureLevel")?;
-                }
-                "AssetValue" => {
-                    take(&mut map, &mut row.asset_value, "AssetValue")?;
-                }
-                "DeviceManualTags" => {
-                    take(&mut map, &mut row.device_manual_tags, "DeviceManualTags")?;
-                }
-                "DeviceDynamicTags" => {
-                    take(&mut map, &mut row.device_dynamic_tags, "DeviceDynamicTags")?;
-                }
-                "ConnectivityType" => {
-                    take(&mut map, &mut row.connectivity_type, "ConnectivityType")?;
-                }
-                "HostDeviceId" => {
-                    take(&mut map, &mut row.host_device_id, "HostDeviceId")?;
-                }
-                "AzureResourceId" => {
-                    take(&mut map, &mut row.azure_resource_id, "AzureResourceId")?;
-                }
-                "AwsResourceName" => {
-                    take(&mut map, &mut row.aws_resource_name, "AwsResourceName")?;
-                }
-                "GcpFullResourceName" => {
-                    take(
-                        &mut map,
-                        &mut row.gcp_full_resource_name,
-                        "GcpFullResourceName",
-                    )?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

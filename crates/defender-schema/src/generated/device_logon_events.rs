@@ -1019,297 +1019,497 @@ impl Serialize for DeviceLogonEvents {
 }
 impl<'de> Deserialize<'de> for DeviceLogonEvents {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl DeviceLogonEvents {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(DeviceLogonEventsVisitor)
     }
 }
 struct DeviceLogonEventsVisitor;
 impl<'de> Visitor<'de> for DeviceLogonEventsVisitor {
-    type Value = DeviceLogonEvents;
+    type Value = Box<DeviceLogonEvents>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a DeviceLogonEvents row (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(
         self,
         mut map: A,
-    ) -> Result<DeviceLogonEvents, A::Error> {
-        let mut row = DeviceLogonEvents::default();
+    ) -> Result<Box<DeviceLogonEvents>, A::Error> {
+        let mut row = Box::<DeviceLogonEvents>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                7usize => {
+                    match key.as_str() {
+                        "LogonId" => {
+                            take(&mut map, &mut row.logon_id, "LogonId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DeviceId" => {
-                    take(&mut map, &mut row.device_id, "DeviceId")?;
+                8usize => {
+                    match key.as_str() {
+                        "DeviceId" => {
+                            take(&mut map, &mut row.device_id, "DeviceId")?;
+                        }
+                        "Protocol" => {
+                            take(&mut map, &mut row.protocol, "Protocol")?;
+                        }
+                        "RemoteIP" => {
+                            take(&mut map, &mut row.remote_ip, "RemoteIP")?;
+                        }
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DeviceName" => {
-                    take(&mut map, &mut row.device_name, "DeviceName")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        "LogonType" => {
+                            take(&mut map, &mut row.logon_type, "LogonType")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ActionType" => {
-                    take(&mut map, &mut row.action_type, "ActionType")?;
+                10usize => {
+                    match key.as_str() {
+                        "DeviceName" => {
+                            take(&mut map, &mut row.device_name, "DeviceName")?;
+                        }
+                        "ActionType" => {
+                            take(&mut map, &mut row.action_type, "ActionType")?;
+                        }
+                        "AccountSid" => {
+                            take(&mut map, &mut row.account_sid, "AccountSid")?;
+                        }
+                        "RemotePort" => {
+                            take(&mut map, &mut row.remote_port, "RemotePort")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "LogonType" => {
-                    take(&mut map, &mut row.logon_type, "LogonType")?;
+                11usize => {
+                    match key.as_str() {
+                        "AccountName" => {
+                            take(&mut map, &mut row.account_name, "AccountName")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountDomain" => {
-                    take(&mut map, &mut row.account_domain, "AccountDomain")?;
+                12usize => {
+                    match key.as_str() {
+                        "IsLocalAdmin" => {
+                            take(&mut map, &mut row.is_local_admin, "IsLocalAdmin")?;
+                        }
+                        "RemoteIPType" => {
+                            take(&mut map, &mut row.remote_ip_type, "RemoteIPType")?;
+                        }
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountName" => {
-                    take(&mut map, &mut row.account_name, "AccountName")?;
+                13usize => {
+                    match key.as_str() {
+                        "AccountDomain" => {
+                            take(&mut map, &mut row.account_domain, "AccountDomain")?;
+                        }
+                        "FailureReason" => {
+                            take(&mut map, &mut row.failure_reason, "FailureReason")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountSid" => {
-                    take(&mut map, &mut row.account_sid, "AccountSid")?;
+                16usize => {
+                    match key.as_str() {
+                        "RemoteDeviceName" => {
+                            take(
+                                &mut map,
+                                &mut row.remote_device_name,
+                                "RemoteDeviceName",
+                            )?;
+                        }
+                        "AdditionalFields" => {
+                            take(
+                                &mut map,
+                                &mut row.additional_fields,
+                                "AdditionalFields",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Protocol" => {
-                    take(&mut map, &mut row.protocol, "Protocol")?;
+                19usize => {
+                    match key.as_str() {
+                        "InitiatingProcessId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_id,
+                                "InitiatingProcessId",
+                            )?;
+                        }
+                        "AppGuardContainerId" => {
+                            take(
+                                &mut map,
+                                &mut row.app_guard_container_id,
+                                "AppGuardContainerId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "FailureReason" => {
-                    take(&mut map, &mut row.failure_reason, "FailureReason")?;
+                20usize => {
+                    match key.as_str() {
+                        "InitiatingProcessMD5" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_md5,
+                                "InitiatingProcessMD5",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "IsLocalAdmin" => {
-                    take(&mut map, &mut row.is_local_admin, "IsLocalAdmin")?;
+                21usize => {
+                    match key.as_str() {
+                        "InitiatingProcessSHA1" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_sha1,
+                                "InitiatingProcessSHA1",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "LogonId" => {
-                    take(&mut map, &mut row.logon_id, "LogonId")?;
+                23usize => {
+                    match key.as_str() {
+                        "InitiatingProcessSHA256" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_sha256,
+                                "InitiatingProcessSHA256",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "RemoteDeviceName" => {
-                    take(&mut map, &mut row.remote_device_name, "RemoteDeviceName")?;
+                25usize => {
+                    match key.as_str() {
+                        "InitiatingProcessFileName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_file_name,
+                                "InitiatingProcessFileName",
+                            )?;
+                        }
+                        "InitiatingProcessFileSize" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_file_size,
+                                "InitiatingProcessFileSize",
+                            )?;
+                        }
+                        "InitiatingProcessParentId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_parent_id,
+                                "InitiatingProcessParentId",
+                            )?;
+                        }
+                        "InitiatingProcessUniqueId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_unique_id,
+                                "InitiatingProcessUniqueId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "RemoteIP" => {
-                    take(&mut map, &mut row.remote_ip, "RemoteIP")?;
+                26usize => {
+                    match key.as_str() {
+                        "InitiatingProcessSessionId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_session_id,
+                                "InitiatingProcessSessionId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "RemoteIPType" => {
-                    take(&mut map, &mut row.remote_ip_type, "RemoteIPType")?;
+                27usize => {
+                    match key.as_str() {
+                        "InitiatingProcessAccountSid" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_sid,
+                                "InitiatingProcessAccountSid",
+                            )?;
+                        }
+                        "InitiatingProcessAccountUpn" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_upn,
+                                "InitiatingProcessAccountUpn",
+                            )?;
+                        }
+                        "InitiatingProcessFolderPath" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_folder_path,
+                                "InitiatingProcessFolderPath",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "RemotePort" => {
-                    take(&mut map, &mut row.remote_port, "RemotePort")?;
+                28usize => {
+                    match key.as_str() {
+                        "InitiatingProcessAccountName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_name,
+                                "InitiatingProcessAccountName",
+                            )?;
+                        }
+                        "InitiatingProcessCommandLine" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_command_line,
+                                "InitiatingProcessCommandLine",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessAccountDomain" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_domain,
-                        "InitiatingProcessAccountDomain",
-                    )?;
+                29usize => {
+                    match key.as_str() {
+                        "InitiatingProcessCreationTime" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_creation_time,
+                                "InitiatingProcessCreationTime",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessAccountName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_name,
-                        "InitiatingProcessAccountName",
-                    )?;
+                30usize => {
+                    match key.as_str() {
+                        "InitiatingProcessAccountDomain" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_domain,
+                                "InitiatingProcessAccountDomain",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessAccountSid" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_sid,
-                        "InitiatingProcessAccountSid",
-                    )?;
+                31usize => {
+                    match key.as_str() {
+                        "InitiatingProcessIntegrityLevel" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_integrity_level,
+                                "InitiatingProcessIntegrityLevel",
+                            )?;
+                        }
+                        "InitiatingProcessTokenElevation" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_token_elevation,
+                                "InitiatingProcessTokenElevation",
+                            )?;
+                        }
+                        "InitiatingProcessParentFileName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_parent_file_name,
+                                "InitiatingProcessParentFileName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessAccountUpn" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_upn,
-                        "InitiatingProcessAccountUpn",
-                    )?;
+                32usize => {
+                    match key.as_str() {
+                        "InitiatingProcessAccountObjectId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_object_id,
+                                "InitiatingProcessAccountObjectId",
+                            )?;
+                        }
+                        "IsInitiatingProcessRemoteSession" => {
+                            take(
+                                &mut map,
+                                &mut row.is_initiating_process_remote_session,
+                                "IsInitiatingProcessRemoteSession",
+                            )?;
+                        }
+                        "InitiatingProcessRemoteSessionIP" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_remote_session_ip,
+                                "InitiatingProcessRemoteSessionIP",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessAccountObjectId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_object_id,
-                        "InitiatingProcessAccountObjectId",
-                    )?;
+                35usize => {
+                    match key.as_str() {
+                        "InitiatingProcessParentCreationTime" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_parent_creation_time,
+                                "InitiatingProcessParentCreationTime",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessIntegrityLevel" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_integrity_level,
-                        "InitiatingProcessIntegrityLevel",
-                    )?;
+                39usize => {
+                    match key.as_str() {
+                        "InitiatingProcessVersionInfoCompanyName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_company_name,
+                                "InitiatingProcessVersionInfoCompanyName",
+                            )?;
+                        }
+                        "InitiatingProcessVersionInfoProductName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_product_name,
+                                "InitiatingProcessVersionInfoProductName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessTokenElevation" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_token_elevation,
-                        "InitiatingProcessTokenElevation",
-                    )?;
+                40usize => {
+                    match key.as_str() {
+                        "InitiatingProcessRemoteSessionDeviceName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_remote_session_device_name,
+                                "InitiatingProcessRemoteSessionDeviceName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessSHA1" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_sha1,
-                        "InitiatingProcessSHA1",
-                    )?;
+                42usize => {
+                    match key.as_str() {
+                        "InitiatingProcessVersionInfoProductVersion" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_product_version,
+                                "InitiatingProcessVersionInfoProductVersion",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessSHA256" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_sha256,
-                        "InitiatingProcessSHA256",
-                    )?;
+                43usize => {
+                    match key.as_str() {
+                        "InitiatingProcessVersionInfoFileDescription" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_file_description,
+                                "InitiatingProcessVersionInfoFileDescription",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessMD5" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_md5,
-                        "InitiatingProcessMD5",
-                    )?;
+                44usize => {
+                    match key.as_str() {
+                        "InitiatingProcessVersionInfoInternalFileName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_internal_file_name,
+                                "InitiatingProcessVersionInfoInternalFileName",
+                            )?;
+                        }
+                        "InitiatingProcessVersionInfoOriginalFileName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_original_file_name,
+                                "InitiatingProcessVersionInfoOriginalFileName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessFileName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_file_name,
-                        "InitiatingProcessFileName",
-                    )?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "InitiatingProcessFileSize" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_file_size,
-                        "InitiatingProcessFileSize",
-                    )?;
-                }
-                "InitiatingProcessVersionInfoCompanyName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_company_name,
-                        "InitiatingProcessVersionInfoCompanyName",
-                    )?;
-                }
-                "InitiatingProcessVersionInfoProductName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_product_name,
-                        "InitiatingProcessVersionInfoProductName",
-                    )?;
-                }
-                "InitiatingProcessVersionInfoProductVersion" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_product_version,
-                        "InitiatingProcessVersionInfoProductVersion",
-                    )?;
-                }
-                "InitiatingProcessVersionInfoInternalFileName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_internal_file_name,
-                        "InitiatingProcessVersionInfoInternalFileName",
-                    )?;
-                }
-                "InitiatingProcessVersionInfoOriginalFileName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_original_file_name,
-                        "InitiatingProcessVersionInfoOriginalFileName",
-                    )?;
-                }
-                "InitiatingProcessVersionInfoFileDescription" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_file_description,
-                        "InitiatingProcessVersionInfoFileDescription",
-                    )?;
-                }
-                "InitiatingProcessId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_id,
-                        "InitiatingProcessId",
-                    )?;
-                }
-                "InitiatingProcessCommandLine" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_command_line,
-                        "InitiatingProcessCommandLine",
-                    )?;
-                }
-                "InitiatingProcessCreationTime" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_creation_time,
-                        "InitiatingProcessCreationTime",
-                    )?;
-                }
-                "InitiatingProcessFolderPath" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_folder_path,
-                        "InitiatingProcessFolderPath",
-                    )?;
-                }
-                "InitiatingProcessParentId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_parent_id,
-                        "InitiatingProcessParentId",
-                    )?;
-                }
-                "InitiatingProcessParentFileName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_parent_file_name,
-                        "InitiatingProcessParentFileName",
-                    )?;
-                }
-                "InitiatingProcessParentCreationTime" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_parent_creation_time,
-                        "InitiatingProcessParentCreationTime",
-                    )?;
-                }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
-                }
-                "AppGuardContainerId" => {
-                    take(
-                        &mut map,
-                        &mut row.app_guard_container_id,
-                        "AppGuardContainerId",
-                    )?;
-                }
-                "AdditionalFields" => {
-                    take(&mut map, &mut row.additional_fields, "AdditionalFields")?;
-                }
-                "InitiatingProcessSessionId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_session_id,
-                        "InitiatingProcessSessionId",
-                    )?;
-                }
-                "IsInitiatingProcessRemoteSession" => {
-                    take(
-                        &mut map,
-                        &mut row.is_initiating_process_remote_session,
-                        "IsInitiatingProcessRemoteSession",
-                    )?;
-                }
-                "InitiatingProcessRemoteSessionDeviceName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_remote_session_device_name,
-                        "InitiatingProcessRemoteSessionDeviceName",
-                    )?;
-                }
-                "InitiatingProcessRemoteSessionIP" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_remote_session_ip,
-                        "InitiatingProcessRemoteSessionIP",
-                    )?;
-                }
-                "InitiatingProcessUniqueId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_unique_id,
-                        "InitiatingProcessUniqueId",
-                    )?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

@@ -956,288 +956,477 @@ impl Serialize for DeviceNetworkEvents {
 }
 impl<'de> Deserialize<'de> for DeviceNetworkEvents {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl DeviceNetworkEvents {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(DeviceNetworkEventsVisitor)
     }
 }
 struct DeviceNetworkEventsVisitor;
 impl<'de> Visitor<'de> for DeviceNetworkEventsVisitor {
-    type Value = DeviceNetworkEvents;
+    type Value = Box<DeviceNetworkEvents>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a DeviceNetworkEvents row (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(
         self,
         mut map: A,
-    ) -> Result<DeviceNetworkEvents, A::Error> {
-        let mut row = DeviceNetworkEvents::default();
+    ) -> Result<Box<DeviceNetworkEvents>, A::Error> {
+        let mut row = Box::<DeviceNetworkEvents>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                7usize => {
+                    match key.as_str() {
+                        "LocalIP" => {
+                            take(&mut map, &mut row.local_ip, "LocalIP")?;
+                        }
+                        "LogonID" => {
+                            take(&mut map, &mut row.logon_id, "LogonID")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DeviceId" => {
-                    take(&mut map, &mut row.device_id, "DeviceId")?;
+                8usize => {
+                    match key.as_str() {
+                        "DeviceId" => {
+                            take(&mut map, &mut row.device_id, "DeviceId")?;
+                        }
+                        "RemoteIP" => {
+                            take(&mut map, &mut row.remote_ip, "RemoteIP")?;
+                        }
+                        "Protocol" => {
+                            take(&mut map, &mut row.protocol, "Protocol")?;
+                        }
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DeviceName" => {
-                    take(&mut map, &mut row.device_name, "DeviceName")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        "RemoteUrl" => {
+                            take(&mut map, &mut row.remote_url, "RemoteUrl")?;
+                        }
+                        "LocalPort" => {
+                            take(&mut map, &mut row.local_port, "LocalPort")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ActionType" => {
-                    take(&mut map, &mut row.action_type, "ActionType")?;
+                10usize => {
+                    match key.as_str() {
+                        "DeviceName" => {
+                            take(&mut map, &mut row.device_name, "DeviceName")?;
+                        }
+                        "ActionType" => {
+                            take(&mut map, &mut row.action_type, "ActionType")?;
+                        }
+                        "RemotePort" => {
+                            take(&mut map, &mut row.remote_port, "RemotePort")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "RemoteIP" => {
-                    take(&mut map, &mut row.remote_ip, "RemoteIP")?;
+                11usize => {
+                    match key.as_str() {
+                        "LocalIPType" => {
+                            take(&mut map, &mut row.local_ip_type, "LocalIPType")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "RemotePort" => {
-                    take(&mut map, &mut row.remote_port, "RemotePort")?;
+                12usize => {
+                    match key.as_str() {
+                        "RemoteIPType" => {
+                            take(&mut map, &mut row.remote_ip_type, "RemoteIPType")?;
+                        }
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "RemoteUrl" => {
-                    take(&mut map, &mut row.remote_url, "RemoteUrl")?;
+                16usize => {
+                    match key.as_str() {
+                        "AdditionalFields" => {
+                            take(
+                                &mut map,
+                                &mut row.additional_fields,
+                                "AdditionalFields",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "LocalIP" => {
-                    take(&mut map, &mut row.local_ip, "LocalIP")?;
+                19usize => {
+                    match key.as_str() {
+                        "InitiatingProcessId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_id,
+                                "InitiatingProcessId",
+                            )?;
+                        }
+                        "AppGuardContainerId" => {
+                            take(
+                                &mut map,
+                                &mut row.app_guard_container_id,
+                                "AppGuardContainerId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "LocalPort" => {
-                    take(&mut map, &mut row.local_port, "LocalPort")?;
+                20usize => {
+                    match key.as_str() {
+                        "InitiatingProcessMD5" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_md5,
+                                "InitiatingProcessMD5",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Protocol" => {
-                    take(&mut map, &mut row.protocol, "Protocol")?;
+                21usize => {
+                    match key.as_str() {
+                        "InitiatingProcessSHA1" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_sha1,
+                                "InitiatingProcessSHA1",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "LocalIPType" => {
-                    take(&mut map, &mut row.local_ip_type, "LocalIPType")?;
+                23usize => {
+                    match key.as_str() {
+                        "InitiatingProcessSHA256" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_sha256,
+                                "InitiatingProcessSHA256",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "RemoteIPType" => {
-                    take(&mut map, &mut row.remote_ip_type, "RemoteIPType")?;
+                25usize => {
+                    match key.as_str() {
+                        "InitiatingProcessFileName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_file_name,
+                                "InitiatingProcessFileName",
+                            )?;
+                        }
+                        "InitiatingProcessFileSize" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_file_size,
+                                "InitiatingProcessFileSize",
+                            )?;
+                        }
+                        "InitiatingProcessParentId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_parent_id,
+                                "InitiatingProcessParentId",
+                            )?;
+                        }
+                        "InitiatingProcessUniqueId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_unique_id,
+                                "InitiatingProcessUniqueId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessSHA1" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_sha1,
-                        "InitiatingProcessSHA1",
-                    )?;
+                26usize => {
+                    match key.as_str() {
+                        "InitiatingProcessSessionId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_session_id,
+                                "InitiatingProcessSessionId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessSHA256" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_sha256,
-                        "InitiatingProcessSHA256",
-                    )?;
+                27usize => {
+                    match key.as_str() {
+                        "InitiatingProcessFolderPath" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_folder_path,
+                                "InitiatingProcessFolderPath",
+                            )?;
+                        }
+                        "InitiatingProcessAccountSid" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_sid,
+                                "InitiatingProcessAccountSid",
+                            )?;
+                        }
+                        "InitiatingProcessAccountUpn" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_upn,
+                                "InitiatingProcessAccountUpn",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessMD5" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_md5,
-                        "InitiatingProcessMD5",
-                    )?;
+                28usize => {
+                    match key.as_str() {
+                        "InitiatingProcessCommandLine" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_command_line,
+                                "InitiatingProcessCommandLine",
+                            )?;
+                        }
+                        "InitiatingProcessAccountName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_name,
+                                "InitiatingProcessAccountName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessFileName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_file_name,
-                        "InitiatingProcessFileName",
-                    )?;
+                29usize => {
+                    match key.as_str() {
+                        "InitiatingProcessCreationTime" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_creation_time,
+                                "InitiatingProcessCreationTime",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessFileSize" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_file_size,
-                        "InitiatingProcessFileSize",
-                    )?;
+                30usize => {
+                    match key.as_str() {
+                        "InitiatingProcessAccountDomain" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_domain,
+                                "InitiatingProcessAccountDomain",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessVersionInfoCompanyName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_company_name,
-                        "InitiatingProcessVersionInfoCompanyName",
-                    )?;
+                31usize => {
+                    match key.as_str() {
+                        "InitiatingProcessParentFileName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_parent_file_name,
+                                "InitiatingProcessParentFileName",
+                            )?;
+                        }
+                        "InitiatingProcessIntegrityLevel" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_integrity_level,
+                                "InitiatingProcessIntegrityLevel",
+                            )?;
+                        }
+                        "InitiatingProcessTokenElevation" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_token_elevation,
+                                "InitiatingProcessTokenElevation",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessVersionInfoProductName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_product_name,
-                        "InitiatingProcessVersionInfoProductName",
-                    )?;
+                32usize => {
+                    match key.as_str() {
+                        "InitiatingProcessAccountObjectId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_object_id,
+                                "InitiatingProcessAccountObjectId",
+                            )?;
+                        }
+                        "IsInitiatingProcessRemoteSession" => {
+                            take(
+                                &mut map,
+                                &mut row.is_initiating_process_remote_session,
+                                "IsInitiatingProcessRemoteSession",
+                            )?;
+                        }
+                        "InitiatingProcessRemoteSessionIP" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_remote_session_ip,
+                                "InitiatingProcessRemoteSessionIP",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessVersionInfoProductVersion" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_product_version,
-                        "InitiatingProcessVersionInfoProductVersion",
-                    )?;
+                35usize => {
+                    match key.as_str() {
+                        "InitiatingProcessParentCreationTime" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_parent_creation_time,
+                                "InitiatingProcessParentCreationTime",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessVersionInfoInternalFileName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_internal_file_name,
-                        "InitiatingProcessVersionInfoInternalFileName",
-                    )?;
+                39usize => {
+                    match key.as_str() {
+                        "InitiatingProcessVersionInfoCompanyName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_company_name,
+                                "InitiatingProcessVersionInfoCompanyName",
+                            )?;
+                        }
+                        "InitiatingProcessVersionInfoProductName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_product_name,
+                                "InitiatingProcessVersionInfoProductName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessVersionInfoOriginalFileName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_original_file_name,
-                        "InitiatingProcessVersionInfoOriginalFileName",
-                    )?;
+                40usize => {
+                    match key.as_str() {
+                        "InitiatingProcessRemoteSessionDeviceName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_remote_session_device_name,
+                                "InitiatingProcessRemoteSessionDeviceName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessVersionInfoFileDescription" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_file_description,
-                        "InitiatingProcessVersionInfoFileDescription",
-                    )?;
+                42usize => {
+                    match key.as_str() {
+                        "InitiatingProcessVersionInfoProductVersion" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_product_version,
+                                "InitiatingProcessVersionInfoProductVersion",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_id,
-                        "InitiatingProcessId",
-                    )?;
+                43usize => {
+                    match key.as_str() {
+                        "InitiatingProcessVersionInfoFileDescription" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_file_description,
+                                "InitiatingProcessVersionInfoFileDescription",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessCommandLine" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_command_line,
-                        "InitiatingProcessCommandLine",
-                    )?;
+                44usize => {
+                    match key.as_str() {
+                        "InitiatingProcessVersionInfoInternalFileName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_internal_file_name,
+                                "InitiatingProcessVersionInfoInternalFileName",
+                            )?;
+                        }
+                        "InitiatingProcessVersionInfoOriginalFileName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_original_file_name,
+                                "InitiatingProcessVersionInfoOriginalFileName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessCreationTime" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_creation_time,
-                        "InitiatingProcessCreationTime",
-                    )?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "InitiatingProcessFolderPath" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_folder_path,
-                        "InitiatingProcessFolderPath",
-                    )?;
-                }
-                "InitiatingProcessParentFileName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_parent_file_name,
-                        "InitiatingProcessParentFileName",
-                    )?;
-                }
-                "InitiatingProcessParentId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_parent_id,
-                        "InitiatingProcessParentId",
-                    )?;
-                }
-                "InitiatingProcessParentCreationTime" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_parent_creation_time,
-                        "InitiatingProcessParentCreationTime",
-                    )?;
-                }
-                "InitiatingProcessAccountDomain" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_domain,
-                        "InitiatingProcessAccountDomain",
-                    )?;
-                }
-                "InitiatingProcessAccountName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_name,
-                        "InitiatingProcessAccountName",
-                    )?;
-                }
-                "InitiatingProcessAccountSid" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_sid,
-                        "InitiatingProcessAccountSid",
-                    )?;
-                }
-                "InitiatingProcessAccountUpn" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_upn,
-                        "InitiatingProcessAccountUpn",
-                    )?;
-                }
-                "InitiatingProcessAccountObjectId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_object_id,
-                        "InitiatingProcessAccountObjectId",
-                    )?;
-                }
-                "InitiatingProcessIntegrityLevel" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_integrity_level,
-                        "InitiatingProcessIntegrityLevel",
-                    )?;
-                }
-                "InitiatingProcessTokenElevation" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_token_elevation,
-                        "InitiatingProcessTokenElevation",
-                    )?;
-                }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
-                }
-                "AppGuardContainerId" => {
-                    take(
-                        &mut map,
-                        &mut row.app_guard_container_id,
-                        "AppGuardContainerId",
-                    )?;
-                }
-                "AdditionalFields" => {
-                    take(&mut map, &mut row.additional_fields, "AdditionalFields")?;
-                }
-                "InitiatingProcessSessionId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_session_id,
-                        "InitiatingProcessSessionId",
-                    )?;
-                }
-                "IsInitiatingProcessRemoteSession" => {
-                    take(
-                        &mut map,
-                        &mut row.is_initiating_process_remote_session,
-                        "IsInitiatingProcessRemoteSession",
-                    )?;
-                }
-                "InitiatingProcessRemoteSessionDeviceName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_remote_session_device_name,
-                        "InitiatingProcessRemoteSessionDeviceName",
-                    )?;
-                }
-                "InitiatingProcessRemoteSessionIP" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_remote_session_ip,
-                        "InitiatingProcessRemoteSessionIP",
-                    )?;
-                }
-                "InitiatingProcessUniqueId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_unique_id,
-                        "InitiatingProcessUniqueId",
-                    )?;
-                }
-                "LogonID" => {
-                    take(&mut map, &mut row.logon_id, "LogonID")?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

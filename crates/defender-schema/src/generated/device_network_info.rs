@@ -336,82 +336,171 @@ impl Serialize for DeviceNetworkInfo {
 }
 impl<'de> Deserialize<'de> for DeviceNetworkInfo {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl DeviceNetworkInfo {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(DeviceNetworkInfoVisitor)
     }
 }
 struct DeviceNetworkInfoVisitor;
 impl<'de> Visitor<'de> for DeviceNetworkInfoVisitor {
-    type Value = DeviceNetworkInfo;
+    type Value = Box<DeviceNetworkInfo>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a DeviceNetworkInfo row (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(
         self,
         mut map: A,
-    ) -> Result<DeviceNetworkInfo, A::Error> {
-        let mut row = DeviceNetworkInfo::default();
+    ) -> Result<Box<DeviceNetworkInfo>, A::Error> {
+        let mut row = Box::<DeviceNetworkInfo>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                8usize => {
+                    match key.as_str() {
+                        "DeviceId" => {
+                            take(&mut map, &mut row.device_id, "DeviceId")?;
+                        }
+                        "IPv4Dhcp" => {
+                            take(&mut map, &mut row.i_pv4_dhcp, "IPv4Dhcp")?;
+                        }
+                        "IPv6Dhcp" => {
+                            take(&mut map, &mut row.i_pv6_dhcp, "IPv6Dhcp")?;
+                        }
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DeviceId" => {
-                    take(&mut map, &mut row.device_id, "DeviceId")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DeviceName" => {
-                    take(&mut map, &mut row.device_name, "DeviceName")?;
+                10usize => {
+                    match key.as_str() {
+                        "DeviceName" => {
+                            take(&mut map, &mut row.device_name, "DeviceName")?;
+                        }
+                        "MacAddress" => {
+                            take(&mut map, &mut row.mac_address, "MacAddress")?;
+                        }
+                        "TunnelType" => {
+                            take(&mut map, &mut row.tunnel_type, "TunnelType")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "NetworkAdapterName" => {
-                    take(&mut map, &mut row.network_adapter_name, "NetworkAdapterName")?;
+                11usize => {
+                    match key.as_str() {
+                        "IPAddresses" => {
+                            take(&mut map, &mut row.ip_addresses, "IPAddresses")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "MacAddress" => {
-                    take(&mut map, &mut row.mac_address, "MacAddress")?;
+                12usize => {
+                    match key.as_str() {
+                        "DnsAddresses" => {
+                            take(&mut map, &mut row.dns_addresses, "DnsAddresses")?;
+                        }
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "NetworkAdapterType" => {
-                    take(&mut map, &mut row.network_adapter_type, "NetworkAdapterType")?;
+                15usize => {
+                    match key.as_str() {
+                        "DefaultGateways" => {
+                            take(
+                                &mut map,
+                                &mut row.default_gateways,
+                                "DefaultGateways",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "NetworkAdapterStatus" => {
-                    take(
-                        &mut map,
-                        &mut row.network_adapter_status,
-                        "NetworkAdapterStatus",
-                    )?;
+                17usize => {
+                    match key.as_str() {
+                        "ConnectedNetworks" => {
+                            take(
+                                &mut map,
+                                &mut row.connected_networks,
+                                "ConnectedNetworks",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "TunnelType" => {
-                    take(&mut map, &mut row.tunnel_type, "TunnelType")?;
+                18usize => {
+                    match key.as_str() {
+                        "NetworkAdapterName" => {
+                            take(
+                                &mut map,
+                                &mut row.network_adapter_name,
+                                "NetworkAdapterName",
+                            )?;
+                        }
+                        "NetworkAdapterType" => {
+                            take(
+                                &mut map,
+                                &mut row.network_adapter_type,
+                                "NetworkAdapterType",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ConnectedNetworks" => {
-                    take(&mut map, &mut row.connected_networks, "ConnectedNetworks")?;
+                20usize => {
+                    match key.as_str() {
+                        "NetworkAdapterStatus" => {
+                            take(
+                                &mut map,
+                                &mut row.network_adapter_status,
+                                "NetworkAdapterStatus",
+                            )?;
+                        }
+                        "NetworkAdapterVendor" => {
+                            take(
+                                &mut map,
+                                &mut row.network_adapter_vendor,
+                                "NetworkAdapterVendor",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DnsAddresses" => {
-                    take(&mut map, &mut row.dns_addresses, "DnsAddresses")?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "IPv4Dhcp" => {
-                    take(&mut map, &mut row.i_pv4_dhcp, "IPv4Dhcp")?;
-                }
-                "IPv6Dhcp" => {
-                    take(&mut map, &mut row.i_pv6_dhcp, "IPv6Dhcp")?;
-                }
-                "DefaultGateways" => {
-                    take(&mut map, &mut row.default_gateways, "DefaultGateways")?;
-                }
-                "IPAddresses" => {
-                    take(&mut map, &mut row.ip_addresses, "IPAddresses")?;
-                }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
-                }
-                "NetworkAdapterVendor" => {
-                    take(
-                        &mut map,
-                        &mut row.network_adapter_vendor,
-                        "NetworkAdapterVendor",
-                    )?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

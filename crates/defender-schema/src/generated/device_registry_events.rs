@@ -933,291 +933,481 @@ impl Serialize for DeviceRegistryEvents {
 }
 impl<'de> Deserialize<'de> for DeviceRegistryEvents {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl DeviceRegistryEvents {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(DeviceRegistryEventsVisitor)
     }
 }
 struct DeviceRegistryEventsVisitor;
 impl<'de> Visitor<'de> for DeviceRegistryEventsVisitor {
-    type Value = DeviceRegistryEvents;
+    type Value = Box<DeviceRegistryEvents>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a DeviceRegistryEvents row (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(
         self,
         mut map: A,
-    ) -> Result<DeviceRegistryEvents, A::Error> {
-        let mut row = DeviceRegistryEvents::default();
+    ) -> Result<Box<DeviceRegistryEvents>, A::Error> {
+        let mut row = Box::<DeviceRegistryEvents>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                8usize => {
+                    match key.as_str() {
+                        "DeviceId" => {
+                            take(&mut map, &mut row.device_id, "DeviceId")?;
+                        }
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DeviceId" => {
-                    take(&mut map, &mut row.device_id, "DeviceId")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DeviceName" => {
-                    take(&mut map, &mut row.device_name, "DeviceName")?;
+                10usize => {
+                    match key.as_str() {
+                        "DeviceName" => {
+                            take(&mut map, &mut row.device_name, "DeviceName")?;
+                        }
+                        "ActionType" => {
+                            take(&mut map, &mut row.action_type, "ActionType")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ActionType" => {
-                    take(&mut map, &mut row.action_type, "ActionType")?;
+                11usize => {
+                    match key.as_str() {
+                        "RegistryKey" => {
+                            take(&mut map, &mut row.registry_key, "RegistryKey")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "RegistryKey" => {
-                    take(&mut map, &mut row.registry_key, "RegistryKey")?;
+                12usize => {
+                    match key.as_str() {
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "RegistryValueType" => {
-                    take(&mut map, &mut row.registry_value_type, "RegistryValueType")?;
+                17usize => {
+                    match key.as_str() {
+                        "RegistryValueType" => {
+                            take(
+                                &mut map,
+                                &mut row.registry_value_type,
+                                "RegistryValueType",
+                            )?;
+                        }
+                        "RegistryValueName" => {
+                            take(
+                                &mut map,
+                                &mut row.registry_value_name,
+                                "RegistryValueName",
+                            )?;
+                        }
+                        "RegistryValueData" => {
+                            take(
+                                &mut map,
+                                &mut row.registry_value_data,
+                                "RegistryValueData",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "RegistryValueName" => {
-                    take(&mut map, &mut row.registry_value_name, "RegistryValueName")?;
+                19usize => {
+                    match key.as_str() {
+                        "PreviousRegistryKey" => {
+                            take(
+                                &mut map,
+                                &mut row.previous_registry_key,
+                                "PreviousRegistryKey",
+                            )?;
+                        }
+                        "InitiatingProcessId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_id,
+                                "InitiatingProcessId",
+                            )?;
+                        }
+                        "AppGuardContainerId" => {
+                            take(
+                                &mut map,
+                                &mut row.app_guard_container_id,
+                                "AppGuardContainerId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "RegistryValueData" => {
-                    take(&mut map, &mut row.registry_value_data, "RegistryValueData")?;
+                20usize => {
+                    match key.as_str() {
+                        "InitiatingProcessMD5" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_md5,
+                                "InitiatingProcessMD5",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "PreviousRegistryKey" => {
-                    take(
-                        &mut map,
-                        &mut row.previous_registry_key,
-                        "PreviousRegistryKey",
-                    )?;
+                21usize => {
+                    match key.as_str() {
+                        "InitiatingProcessSHA1" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_sha1,
+                                "InitiatingProcessSHA1",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "PreviousRegistryValueName" => {
-                    take(
-                        &mut map,
-                        &mut row.previous_registry_value_name,
-                        "PreviousRegistryValueName",
-                    )?;
+                23usize => {
+                    match key.as_str() {
+                        "InitiatingProcessSHA256" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_sha256,
+                                "InitiatingProcessSHA256",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "PreviousRegistryValueData" => {
-                    take(
-                        &mut map,
-                        &mut row.previous_registry_value_data,
-                        "PreviousRegistryValueData",
-                    )?;
+                25usize => {
+                    match key.as_str() {
+                        "PreviousRegistryValueName" => {
+                            take(
+                                &mut map,
+                                &mut row.previous_registry_value_name,
+                                "PreviousRegistryValueName",
+                            )?;
+                        }
+                        "PreviousRegistryValueData" => {
+                            take(
+                                &mut map,
+                                &mut row.previous_registry_value_data,
+                                "PreviousRegistryValueData",
+                            )?;
+                        }
+                        "InitiatingProcessFileName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_file_name,
+                                "InitiatingProcessFileName",
+                            )?;
+                        }
+                        "InitiatingProcessFileSize" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_file_size,
+                                "InitiatingProcessFileSize",
+                            )?;
+                        }
+                        "InitiatingProcessParentId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_parent_id,
+                                "InitiatingProcessParentId",
+                            )?;
+                        }
+                        "InitiatingProcessUniqueId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_unique_id,
+                                "InitiatingProcessUniqueId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessAccountDomain" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_domain,
-                        "InitiatingProcessAccountDomain",
-                    )?;
+                26usize => {
+                    match key.as_str() {
+                        "InitiatingProcessSessionId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_session_id,
+                                "InitiatingProcessSessionId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessAccountName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_name,
-                        "InitiatingProcessAccountName",
-                    )?;
+                27usize => {
+                    match key.as_str() {
+                        "InitiatingProcessAccountSid" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_sid,
+                                "InitiatingProcessAccountSid",
+                            )?;
+                        }
+                        "InitiatingProcessAccountUpn" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_upn,
+                                "InitiatingProcessAccountUpn",
+                            )?;
+                        }
+                        "InitiatingProcessFolderPath" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_folder_path,
+                                "InitiatingProcessFolderPath",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessAccountSid" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_sid,
-                        "InitiatingProcessAccountSid",
-                    )?;
+                28usize => {
+                    match key.as_str() {
+                        "InitiatingProcessAccountName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_name,
+                                "InitiatingProcessAccountName",
+                            )?;
+                        }
+                        "InitiatingProcessCommandLine" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_command_line,
+                                "InitiatingProcessCommandLine",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessAccountUpn" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_upn,
-                        "InitiatingProcessAccountUpn",
-                    )?;
+                29usize => {
+                    match key.as_str() {
+                        "InitiatingProcessCreationTime" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_creation_time,
+                                "InitiatingProcessCreationTime",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessAccountObjectId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_account_object_id,
-                        "InitiatingProcessAccountObjectId",
-                    )?;
+                30usize => {
+                    match key.as_str() {
+                        "InitiatingProcessAccountDomain" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_domain,
+                                "InitiatingProcessAccountDomain",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessSHA1" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_sha1,
-                        "InitiatingProcessSHA1",
-                    )?;
+                31usize => {
+                    match key.as_str() {
+                        "InitiatingProcessParentFileName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_parent_file_name,
+                                "InitiatingProcessParentFileName",
+                            )?;
+                        }
+                        "InitiatingProcessIntegrityLevel" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_integrity_level,
+                                "InitiatingProcessIntegrityLevel",
+                            )?;
+                        }
+                        "InitiatingProcessTokenElevation" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_token_elevation,
+                                "InitiatingProcessTokenElevation",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessSHA256" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_sha256,
-                        "InitiatingProcessSHA256",
-                    )?;
+                32usize => {
+                    match key.as_str() {
+                        "InitiatingProcessAccountObjectId" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_account_object_id,
+                                "InitiatingProcessAccountObjectId",
+                            )?;
+                        }
+                        "IsInitiatingProcessRemoteSession" => {
+                            take(
+                                &mut map,
+                                &mut row.is_initiating_process_remote_session,
+                                "IsInitiatingProcessRemoteSession",
+                            )?;
+                        }
+                        "InitiatingProcessRemoteSessionIP" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_remote_session_ip,
+                                "InitiatingProcessRemoteSessionIP",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessMD5" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_md5,
-                        "InitiatingProcessMD5",
-                    )?;
+                35usize => {
+                    match key.as_str() {
+                        "InitiatingProcessParentCreationTime" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_parent_creation_time,
+                                "InitiatingProcessParentCreationTime",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessFileName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_file_name,
-                        "InitiatingProcessFileName",
-                    )?;
+                39usize => {
+                    match key.as_str() {
+                        "InitiatingProcessVersionInfoCompanyName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_company_name,
+                                "InitiatingProcessVersionInfoCompanyName",
+                            )?;
+                        }
+                        "InitiatingProcessVersionInfoProductName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_product_name,
+                                "InitiatingProcessVersionInfoProductName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessFileSize" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_file_size,
-                        "InitiatingProcessFileSize",
-                    )?;
+                40usize => {
+                    match key.as_str() {
+                        "InitiatingProcessRemoteSessionDeviceName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_remote_session_device_name,
+                                "InitiatingProcessRemoteSessionDeviceName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessVersionInfoCompanyName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_company_name,
-                        "InitiatingProcessVersionInfoCompanyName",
-                    )?;
+                42usize => {
+                    match key.as_str() {
+                        "InitiatingProcessVersionInfoProductVersion" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_product_version,
+                                "InitiatingProcessVersionInfoProductVersion",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessVersionInfoProductName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_product_name,
-                        "InitiatingProcessVersionInfoProductName",
-                    )?;
+                43usize => {
+                    match key.as_str() {
+                        "InitiatingProcessVersionInfoFileDescription" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_file_description,
+                                "InitiatingProcessVersionInfoFileDescription",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessVersionInfoProductVersion" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_product_version,
-                        "InitiatingProcessVersionInfoProductVersion",
-                    )?;
+                44usize => {
+                    match key.as_str() {
+                        "InitiatingProcessVersionInfoInternalFileName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_internal_file_name,
+                                "InitiatingProcessVersionInfoInternalFileName",
+                            )?;
+                        }
+                        "InitiatingProcessVersionInfoOriginalFileName" => {
+                            take(
+                                &mut map,
+                                &mut row.initiating_process_version_info_original_file_name,
+                                "InitiatingProcessVersionInfoOriginalFileName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InitiatingProcessVersionInfoInternalFileName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_internal_file_name,
-                        "InitiatingProcessVersionInfoInternalFileName",
-                    )?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "InitiatingProcessVersionInfoOriginalFileName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_original_file_name,
-                        "InitiatingProcessVersionInfoOriginalFileName",
-                    )?;
-                }
-                "InitiatingProcessVersionInfoFileDescription" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_version_info_file_description,
-                        "InitiatingProcessVersionInfoFileDescription",
-                    )?;
-                }
-                "InitiatingProcessId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_id,
-                        "InitiatingProcessId",
-                    )?;
-                }
-                "InitiatingProcessCommandLine" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_command_line,
-                        "InitiatingProcessCommandLine",
-                    )?;
-                }
-                "InitiatingProcessCreationTime" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_creation_time,
-                        "InitiatingProcessCreationTime",
-                    )?;
-                }
-                "InitiatingProcessFolderPath" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_folder_path,
-                        "InitiatingProcessFolderPath",
-                    )?;
-                }
-                "InitiatingProcessParentId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_parent_id,
-                        "InitiatingProcessParentId",
-                    )?;
-                }
-                "InitiatingProcessParentFileName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_parent_file_name,
-                        "InitiatingProcessParentFileName",
-                    )?;
-                }
-                "InitiatingProcessParentCreationTime" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_parent_creation_time,
-                        "InitiatingProcessParentCreationTime",
-                    )?;
-                }
-                "InitiatingProcessIntegrityLevel" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_integrity_level,
-                        "InitiatingProcessIntegrityLevel",
-                    )?;
-                }
-                "InitiatingProcessTokenElevation" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_token_elevation,
-                        "InitiatingProcessTokenElevation",
-                    )?;
-                }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
-                }
-                "AppGuardContainerId" => {
-                    take(
-                        &mut map,
-                        &mut row.app_guard_container_id,
-                        "AppGuardContainerId",
-                    )?;
-                }
-                "InitiatingProcessSessionId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_session_id,
-                        "InitiatingProcessSessionId",
-                    )?;
-                }
-                "IsInitiatingProcessRemoteSession" => {
-                    take(
-                        &mut map,
-                        &mut row.is_initiating_process_remote_session,
-                        "IsInitiatingProcessRemoteSession",
-                    )?;
-                }
-                "InitiatingProcessRemoteSessionDeviceName" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_remote_session_device_name,
-                        "InitiatingProcessRemoteSessionDeviceName",
-                    )?;
-                }
-                "InitiatingProcessRemoteSessionIP" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_remote_session_ip,
-                        "InitiatingProcessRemoteSessionIP",
-                    )?;
-                }
-                "InitiatingProcessUniqueId" => {
-                    take(
-                        &mut map,
-                        &mut row.initiating_process_unique_id,
-                        "InitiatingProcessUniqueId",
-                    )?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

@@ -330,75 +330,168 @@ impl Serialize for EmailAttachmentInfo {
 }
 impl<'de> Deserialize<'de> for EmailAttachmentInfo {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl EmailAttachmentInfo {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(EmailAttachmentInfoVisitor)
     }
 }
 struct EmailAttachmentInfoVisitor;
 impl<'de> Visitor<'de> for EmailAttachmentInfoVisitor {
-    type Value = EmailAttachmentInfo;
+    type Value = Box<EmailAttachmentInfo>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a EmailAttachmentInfo row (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(
         self,
         mut map: A,
-    ) -> Result<EmailAttachmentInfo, A::Error> {
-        let mut row = EmailAttachmentInfo::default();
+    ) -> Result<Box<EmailAttachmentInfo>, A::Error> {
+        let mut row = Box::<EmailAttachmentInfo>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                6usize => {
+                    match key.as_str() {
+                        "SHA256" => {
+                            take(&mut map, &mut row.sha256, "SHA256")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "NetworkMessageId" => {
-                    take(&mut map, &mut row.network_message_id, "NetworkMessageId")?;
+                8usize => {
+                    match key.as_str() {
+                        "FileName" => {
+                            take(&mut map, &mut row.file_name, "FileName")?;
+                        }
+                        "FileType" => {
+                            take(&mut map, &mut row.file_type, "FileType")?;
+                        }
+                        "FileSize" => {
+                            take(&mut map, &mut row.file_size, "FileSize")?;
+                        }
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SenderFromAddress" => {
-                    take(&mut map, &mut row.sender_from_address, "SenderFromAddress")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SenderDisplayName" => {
-                    take(&mut map, &mut row.sender_display_name, "SenderDisplayName")?;
+                11usize => {
+                    match key.as_str() {
+                        "ThreatTypes" => {
+                            take(&mut map, &mut row.threat_types, "ThreatTypes")?;
+                        }
+                        "ThreatNames" => {
+                            take(&mut map, &mut row.threat_names, "ThreatNames")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SenderObjectId" => {
-                    take(&mut map, &mut row.sender_object_id, "SenderObjectId")?;
+                12usize => {
+                    match key.as_str() {
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "RecipientEmailAddress" => {
-                    take(
-                        &mut map,
-                        &mut row.recipient_email_address,
-                        "RecipientEmailAddress",
-                    )?;
+                14usize => {
+                    match key.as_str() {
+                        "SenderObjectId" => {
+                            take(&mut map, &mut row.sender_object_id, "SenderObjectId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "RecipientObjectId" => {
-                    take(&mut map, &mut row.recipient_object_id, "RecipientObjectId")?;
+                16usize => {
+                    match key.as_str() {
+                        "NetworkMessageId" => {
+                            take(
+                                &mut map,
+                                &mut row.network_message_id,
+                                "NetworkMessageId",
+                            )?;
+                        }
+                        "DetectionMethods" => {
+                            take(
+                                &mut map,
+                                &mut row.detection_methods,
+                                "DetectionMethods",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "FileName" => {
-                    take(&mut map, &mut row.file_name, "FileName")?;
+                17usize => {
+                    match key.as_str() {
+                        "SenderFromAddress" => {
+                            take(
+                                &mut map,
+                                &mut row.sender_from_address,
+                                "SenderFromAddress",
+                            )?;
+                        }
+                        "SenderDisplayName" => {
+                            take(
+                                &mut map,
+                                &mut row.sender_display_name,
+                                "SenderDisplayName",
+                            )?;
+                        }
+                        "RecipientObjectId" => {
+                            take(
+                                &mut map,
+                                &mut row.recipient_object_id,
+                                "RecipientObjectId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "FileType" => {
-                    take(&mut map, &mut row.file_type, "FileType")?;
+                21usize => {
+                    match key.as_str() {
+                        "RecipientEmailAddress" => {
+                            take(
+                                &mut map,
+                                &mut row.recipient_email_address,
+                                "RecipientEmailAddress",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SHA256" => {
-                    take(&mut map, &mut row.sha256, "SHA256")?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "FileSize" => {
-                    take(&mut map, &mut row.file_size, "FileSize")?;
-                }
-                "ThreatTypes" => {
-                    take(&mut map, &mut row.threat_types, "ThreatTypes")?;
-                }
-                "ThreatNames" => {
-                    take(&mut map, &mut row.threat_names, "ThreatNames")?;
-                }
-                "DetectionMethods" => {
-                    take(&mut map, &mut row.detection_methods, "DetectionMethods")?;
-                }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

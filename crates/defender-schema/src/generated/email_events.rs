@@ -813,168 +813,346 @@ impl Serialize for EmailEvents {
 }
 impl<'de> Deserialize<'de> for EmailEvents {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl EmailEvents {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(EmailEventsVisitor)
     }
 }
 struct EmailEventsVisitor;
 impl<'de> Visitor<'de> for EmailEventsVisitor {
-    type Value = EmailEvents;
+    type Value = Box<EmailEvents>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a EmailEvents row (a JSON object)")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<EmailEvents, A::Error> {
-        let mut row = EmailEvents::default();
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<Box<EmailEvents>, A::Error> {
+        let mut row = Box::<EmailEvents>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                7usize => {
+                    match key.as_str() {
+                        "Subject" => {
+                            take(&mut map, &mut row.subject, "Subject")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "NetworkMessageId" => {
-                    take(&mut map, &mut row.network_message_id, "NetworkMessageId")?;
+                8usize => {
+                    match key.as_str() {
+                        "UrlCount" => {
+                            take(&mut map, &mut row.url_count, "UrlCount")?;
+                        }
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InternetMessageId" => {
-                    take(&mut map, &mut row.internet_message_id, "InternetMessageId")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SenderMailFromAddress" => {
-                    take(
-                        &mut map,
-                        &mut row.sender_mail_from_address,
-                        "SenderMailFromAddress",
-                    )?;
+                10usize => {
+                    match key.as_str() {
+                        "SenderIPv4" => {
+                            take(&mut map, &mut row.sender_i_pv4, "SenderIPv4")?;
+                        }
+                        "SenderIPv6" => {
+                            take(&mut map, &mut row.sender_i_pv6, "SenderIPv6")?;
+                        }
+                        "Connectors" => {
+                            take(&mut map, &mut row.connectors, "Connectors")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SenderFromAddress" => {
-                    take(&mut map, &mut row.sender_from_address, "SenderFromAddress")?;
+                11usize => {
+                    match key.as_str() {
+                        "ThreatTypes" => {
+                            take(&mut map, &mut row.threat_types, "ThreatTypes")?;
+                        }
+                        "ThreatNames" => {
+                            take(&mut map, &mut row.threat_names, "ThreatNames")?;
+                        }
+                        "EmailAction" => {
+                            take(&mut map, &mut row.email_action, "EmailAction")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SenderDisplayName" => {
-                    take(&mut map, &mut row.sender_display_name, "SenderDisplayName")?;
+                12usize => {
+                    match key.as_str() {
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SenderObjectId" => {
-                    take(&mut map, &mut row.sender_object_id, "SenderObjectId")?;
+                13usize => {
+                    match key.as_str() {
+                        "EmailLanguage" => {
+                            take(&mut map, &mut row.email_language, "EmailLanguage")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SenderMailFromDomain" => {
-                    take(
-                        &mut map,
-                        &mut row.sender_mail_from_domain,
-                        "SenderMailFromDomain",
-                    )?;
+                14usize => {
+                    match key.as_str() {
+                        "SenderObjectId" => {
+                            take(&mut map, &mut row.sender_object_id, "SenderObjectId")?;
+                        }
+                        "EmailClusterId" => {
+                            take(&mut map, &mut row.email_cluster_id, "EmailClusterId")?;
+                        }
+                        "EmailDirection" => {
+                            take(&mut map, &mut row.email_direction, "EmailDirection")?;
+                        }
+                        "DeliveryAction" => {
+                            take(&mut map, &mut row.delivery_action, "DeliveryAction")?;
+                        }
+                        "OrgLevelAction" => {
+                            take(&mut map, &mut row.org_level_action, "OrgLevelAction")?;
+                        }
+                        "OrgLevelPolicy" => {
+                            take(&mut map, &mut row.org_level_policy, "OrgLevelPolicy")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SenderFromDomain" => {
-                    take(&mut map, &mut row.sender_from_domain, "SenderFromDomain")?;
+                15usize => {
+                    match key.as_str() {
+                        "ConfidenceLevel" => {
+                            take(
+                                &mut map,
+                                &mut row.confidence_level,
+                                "ConfidenceLevel",
+                            )?;
+                        }
+                        "AttachmentCount" => {
+                            take(
+                                &mut map,
+                                &mut row.attachment_count,
+                                "AttachmentCount",
+                            )?;
+                        }
+                        "UserLevelAction" => {
+                            take(
+                                &mut map,
+                                &mut row.user_level_action,
+                                "UserLevelAction",
+                            )?;
+                        }
+                        "UserLevelPolicy" => {
+                            take(
+                                &mut map,
+                                &mut row.user_level_policy,
+                                "UserLevelPolicy",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SenderIPv4" => {
-                    take(&mut map, &mut row.sender_i_pv4, "SenderIPv4")?;
+                16usize => {
+                    match key.as_str() {
+                        "NetworkMessageId" => {
+                            take(
+                                &mut map,
+                                &mut row.network_message_id,
+                                "NetworkMessageId",
+                            )?;
+                        }
+                        "SenderFromDomain" => {
+                            take(
+                                &mut map,
+                                &mut row.sender_from_domain,
+                                "SenderFromDomain",
+                            )?;
+                        }
+                        "DeliveryLocation" => {
+                            take(
+                                &mut map,
+                                &mut row.delivery_location,
+                                "DeliveryLocation",
+                            )?;
+                        }
+                        "DetectionMethods" => {
+                            take(
+                                &mut map,
+                                &mut row.detection_methods,
+                                "DetectionMethods",
+                            )?;
+                        }
+                        "AdditionalFields" => {
+                            take(
+                                &mut map,
+                                &mut row.additional_fields,
+                                "AdditionalFields",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SenderIPv6" => {
-                    take(&mut map, &mut row.sender_i_pv6, "SenderIPv6")?;
+                17usize => {
+                    match key.as_str() {
+                        "InternetMessageId" => {
+                            take(
+                                &mut map,
+                                &mut row.internet_message_id,
+                                "InternetMessageId",
+                            )?;
+                        }
+                        "SenderFromAddress" => {
+                            take(
+                                &mut map,
+                                &mut row.sender_from_address,
+                                "SenderFromAddress",
+                            )?;
+                        }
+                        "SenderDisplayName" => {
+                            take(
+                                &mut map,
+                                &mut row.sender_display_name,
+                                "SenderDisplayName",
+                            )?;
+                        }
+                        "RecipientObjectId" => {
+                            take(
+                                &mut map,
+                                &mut row.recipient_object_id,
+                                "RecipientObjectId",
+                            )?;
+                        }
+                        "EmailActionPolicy" => {
+                            take(
+                                &mut map,
+                                &mut row.email_action_policy,
+                                "EmailActionPolicy",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "RecipientEmailAddress" => {
-                    take(
-                        &mut map,
-                        &mut row.recipient_email_address,
-                        "RecipientEmailAddress",
-                    )?;
+                18usize => {
+                    match key.as_str() {
+                        "BulkComplaintLevel" => {
+                            take(
+                                &mut map,
+                                &mut row.bulk_complaint_level,
+                                "BulkComplaintLevel",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "RecipientObjectId" => {
-                    take(&mut map, &mut row.recipient_object_id, "RecipientObjectId")?;
+                20usize => {
+                    match key.as_str() {
+                        "SenderMailFromDomain" => {
+                            take(
+                                &mut map,
+                                &mut row.sender_mail_from_domain,
+                                "SenderMailFromDomain",
+                            )?;
+                        }
+                        "LatestDeliveryAction" => {
+                            take(
+                                &mut map,
+                                &mut row.latest_delivery_action,
+                                "LatestDeliveryAction",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Subject" => {
-                    take(&mut map, &mut row.subject, "Subject")?;
+                21usize => {
+                    match key.as_str() {
+                        "SenderMailFromAddress" => {
+                            take(
+                                &mut map,
+                                &mut row.sender_mail_from_address,
+                                "SenderMailFromAddress",
+                            )?;
+                        }
+                        "RecipientEmailAddress" => {
+                            take(
+                                &mut map,
+                                &mut row.recipient_email_address,
+                                "RecipientEmailAddress",
+                            )?;
+                        }
+                        "EmailActionPolicyGuid" => {
+                            take(
+                                &mut map,
+                                &mut row.email_action_policy_guid,
+                                "EmailActionPolicyGuid",
+                            )?;
+                        }
+                        "AuthenticationDetails" => {
+                            take(
+                                &mut map,
+                                &mut row.authentication_details,
+                                "AuthenticationDetails",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "EmailClusterId" => {
-                    take(&mut map, &mut row.email_cluster_id, "EmailClusterId")?;
+                22usize => {
+                    match key.as_str() {
+                        "LatestDeliveryLocation" => {
+                            take(
+                                &mut map,
+                                &mut row.latest_delivery_location,
+                                "LatestDeliveryLocation",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "EmailDirection" => {
-                    take(&mut map, &mut row.email_direction, "EmailDirection")?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "DeliveryAction" => {
-                    take(&mut map, &mut row.delivery_action, "DeliveryAction")?;
-                }
-                "DeliveryLocation" => {
-                    take(&mut map, &mut row.delivery_location, "DeliveryLocation")?;
-                }
-                "ThreatTypes" => {
-                    take(&mut map, &mut row.threat_types, "ThreatTypes")?;
-                }
-                "ThreatNames" => {
-                    take(&mut map, &mut row.threat_names, "ThreatNames")?;
-                }
-                "DetectionMethods" => {
-                    take(&mut map, &mut row.detection_methods, "DetectionMethods")?;
-                }
-                "ConfidenceLevel" => {
-                    take(&mut map, &mut row.confidence_level, "ConfidenceLevel")?;
-                }
-                "BulkComplaintLevel" => {
-                    take(&mut map, &mut row.bulk_complaint_level, "BulkComplaintLevel")?;
-                }
-                "EmailAction" => {
-                    take(&mut map, &mut row.email_action, "EmailAction")?;
-                }
-                "EmailActionPolicy" => {
-                    take(&mut map, &mut row.email_action_policy, "EmailActionPolicy")?;
-                }
-                "EmailActionPolicyGuid" => {
-                    take(
-                        &mut map,
-                        &mut row.email_action_policy_guid,
-                        "EmailActionPolicyGuid",
-                    )?;
-                }
-                "AuthenticationDetails" => {
-                    take(
-                        &mut map,
-                        &mut row.authentication_details,
-                        "AuthenticationDetails",
-                    )?;
-                }
-                "AttachmentCount" => {
-                    take(&mut map, &mut row.attachment_count, "AttachmentCount")?;
-                }
-                "UrlCount" => {
-                    take(&mut map, &mut row.url_count, "UrlCount")?;
-                }
-                "EmailLanguage" => {
-                    take(&mut map, &mut row.email_language, "EmailLanguage")?;
-                }
-                "Connectors" => {
-                    take(&mut map, &mut row.connectors, "Connectors")?;
-                }
-                "OrgLevelAction" => {
-                    take(&mut map, &mut row.org_level_action, "OrgLevelAction")?;
-                }
-                "OrgLevelPolicy" => {
-                    take(&mut map, &mut row.org_level_policy, "OrgLevelPolicy")?;
-                }
-                "UserLevelAction" => {
-                    take(&mut map, &mut row.user_level_action, "UserLevelAction")?;
-                }
-                "UserLevelPolicy" => {
-                    take(&mut map, &mut row.user_level_policy, "UserLevelPolicy")?;
-                }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
-                }
-                "AdditionalFields" => {
-                    take(&mut map, &mut row.additional_fields, "AdditionalFields")?;
-                }
-                "LatestDeliveryLocation" => {
-                    take(
-                        &mut map,
-                        &mut row.latest_delivery_location,
-                        "LatestDeliveryLocation",
-                    )?;
-                }
-                "LatestDeliveryAction" => {
-                    take(
-                        &mut map,
-                        &mut row.latest_delivery_action,
-                        "LatestDeliveryAction",
-                    )?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

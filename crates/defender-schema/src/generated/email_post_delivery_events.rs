@@ -282,66 +282,162 @@ impl Serialize for EmailPostDeliveryEvents {
 }
 impl<'de> Deserialize<'de> for EmailPostDeliveryEvents {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl EmailPostDeliveryEvents {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(EmailPostDeliveryEventsVisitor)
     }
 }
 struct EmailPostDeliveryEventsVisitor;
 impl<'de> Visitor<'de> for EmailPostDeliveryEventsVisitor {
-    type Value = EmailPostDeliveryEvents;
+    type Value = Box<EmailPostDeliveryEvents>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a EmailPostDeliveryEvents row (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(
         self,
         mut map: A,
-    ) -> Result<EmailPostDeliveryEvents, A::Error> {
-        let mut row = EmailPostDeliveryEvents::default();
+    ) -> Result<Box<EmailPostDeliveryEvents>, A::Error> {
+        let mut row = Box::<EmailPostDeliveryEvents>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                6usize => {
+                    match key.as_str() {
+                        "Action" => {
+                            take(&mut map, &mut row.action, "Action")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "NetworkMessageId" => {
-                    take(&mut map, &mut row.network_message_id, "NetworkMessageId")?;
+                8usize => {
+                    match key.as_str() {
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "InternetMessageId" => {
-                    take(&mut map, &mut row.internet_message_id, "InternetMessageId")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Action" => {
-                    take(&mut map, &mut row.action, "Action")?;
+                10usize => {
+                    match key.as_str() {
+                        "ActionType" => {
+                            take(&mut map, &mut row.action_type, "ActionType")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ActionType" => {
-                    take(&mut map, &mut row.action_type, "ActionType")?;
+                11usize => {
+                    match key.as_str() {
+                        "ThreatTypes" => {
+                            take(&mut map, &mut row.threat_types, "ThreatTypes")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ActionTrigger" => {
-                    take(&mut map, &mut row.action_trigger, "ActionTrigger")?;
+                12usize => {
+                    match key.as_str() {
+                        "ActionResult" => {
+                            take(&mut map, &mut row.action_result, "ActionResult")?;
+                        }
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ActionResult" => {
-                    take(&mut map, &mut row.action_result, "ActionResult")?;
+                13usize => {
+                    match key.as_str() {
+                        "ActionTrigger" => {
+                            take(&mut map, &mut row.action_trigger, "ActionTrigger")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "RecipientEmailAddress" => {
-                    take(
-                        &mut map,
-                        &mut row.recipient_email_address,
-                        "RecipientEmailAddress",
-                    )?;
+                16usize => {
+                    match key.as_str() {
+                        "NetworkMessageId" => {
+                            take(
+                                &mut map,
+                                &mut row.network_message_id,
+                                "NetworkMessageId",
+                            )?;
+                        }
+                        "DeliveryLocation" => {
+                            take(
+                                &mut map,
+                                &mut row.delivery_location,
+                                "DeliveryLocation",
+                            )?;
+                        }
+                        "DetectionMethods" => {
+                            take(
+                                &mut map,
+                                &mut row.detection_methods,
+                                "DetectionMethods",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DeliveryLocation" => {
-                    take(&mut map, &mut row.delivery_location, "DeliveryLocation")?;
+                17usize => {
+                    match key.as_str() {
+                        "InternetMessageId" => {
+                            take(
+                                &mut map,
+                                &mut row.internet_message_id,
+                                "InternetMessageId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ThreatTypes" => {
-                    take(&mut map, &mut row.threat_types, "ThreatTypes")?;
+                21usize => {
+                    match key.as_str() {
+                        "RecipientEmailAddress" => {
+                            take(
+                                &mut map,
+                                &mut row.recipient_email_address,
+                                "RecipientEmailAddress",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DetectionMethods" => {
-                    take(&mut map, &mut row.detection_methods, "DetectionMethods")?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

@@ -161,41 +161,100 @@ impl Serialize for EmailUrlInfo {
 }
 impl<'de> Deserialize<'de> for EmailUrlInfo {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl EmailUrlInfo {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(EmailUrlInfoVisitor)
     }
 }
 struct EmailUrlInfoVisitor;
 impl<'de> Visitor<'de> for EmailUrlInfoVisitor {
-    type Value = EmailUrlInfo;
+    type Value = Box<EmailUrlInfo>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a EmailUrlInfo row (a JSON object)")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<EmailUrlInfo, A::Error> {
-        let mut row = EmailUrlInfo::default();
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<Box<EmailUrlInfo>, A::Error> {
+        let mut row = Box::<EmailUrlInfo>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                3usize => {
+                    match key.as_str() {
+                        "Url" => {
+                            take(&mut map, &mut row.url, "Url")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "NetworkMessageId" => {
-                    take(&mut map, &mut row.network_message_id, "NetworkMessageId")?;
+                8usize => {
+                    match key.as_str() {
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Url" => {
-                    take(&mut map, &mut row.url, "Url")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        "UrlDomain" => {
+                            take(&mut map, &mut row.url_domain, "UrlDomain")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "UrlDomain" => {
-                    take(&mut map, &mut row.url_domain, "UrlDomain")?;
+                11usize => {
+                    match key.as_str() {
+                        "UrlLocation" => {
+                            take(&mut map, &mut row.url_location, "UrlLocation")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "UrlLocation" => {
-                    take(&mut map, &mut row.url_location, "UrlLocation")?;
+                12usize => {
+                    match key.as_str() {
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
+                16usize => {
+                    match key.as_str() {
+                        "NetworkMessageId" => {
+                            take(
+                                &mut map,
+                                &mut row.network_message_id,
+                                "NetworkMessageId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

@@ -472,107 +472,239 @@ impl Serialize for IdentityDirectoryEvents {
 }
 impl<'de> Deserialize<'de> for IdentityDirectoryEvents {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl IdentityDirectoryEvents {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(IdentityDirectoryEventsVisitor)
     }
 }
 struct IdentityDirectoryEventsVisitor;
 impl<'de> Visitor<'de> for IdentityDirectoryEventsVisitor {
-    type Value = IdentityDirectoryEvents;
+    type Value = Box<IdentityDirectoryEvents>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a IdentityDirectoryEvents row (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(
         self,
         mut map: A,
-    ) -> Result<IdentityDirectoryEvents, A::Error> {
-        let mut row = IdentityDirectoryEvents::default();
+    ) -> Result<Box<IdentityDirectoryEvents>, A::Error> {
+        let mut row = Box::<IdentityDirectoryEvents>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                3usize => {
+                    match key.as_str() {
+                        "ISP" => {
+                            take(&mut map, &mut row.isp, "ISP")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ActionType" => {
-                    take(&mut map, &mut row.action_type, "ActionType")?;
+                4usize => {
+                    match key.as_str() {
+                        "Port" => {
+                            take(&mut map, &mut row.port, "Port")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Application" => {
-                    take(&mut map, &mut row.application, "Application")?;
+                8usize => {
+                    match key.as_str() {
+                        "Protocol" => {
+                            take(&mut map, &mut row.protocol, "Protocol")?;
+                        }
+                        "Location" => {
+                            take(&mut map, &mut row.location, "Location")?;
+                        }
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "TargetAccountUpn" => {
-                    take(&mut map, &mut row.target_account_upn, "TargetAccountUpn")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        "IPAddress" => {
+                            take(&mut map, &mut row.ip_address, "IPAddress")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "TargetAccountDisplayName" => {
-                    take(
-                        &mut map,
-                        &mut row.target_account_display_name,
-                        "TargetAccountDisplayName",
-                    )?;
+                10usize => {
+                    match key.as_str() {
+                        "ActionType" => {
+                            take(&mut map, &mut row.action_type, "ActionType")?;
+                        }
+                        "AccountUpn" => {
+                            take(&mut map, &mut row.account_upn, "AccountUpn")?;
+                        }
+                        "AccountSid" => {
+                            take(&mut map, &mut row.account_sid, "AccountSid")?;
+                        }
+                        "DeviceName" => {
+                            take(&mut map, &mut row.device_name, "DeviceName")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "TargetDeviceName" => {
-                    take(&mut map, &mut row.target_device_name, "TargetDeviceName")?;
+                11usize => {
+                    match key.as_str() {
+                        "Application" => {
+                            take(&mut map, &mut row.application, "Application")?;
+                        }
+                        "AccountName" => {
+                            take(&mut map, &mut row.account_name, "AccountName")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DestinationDeviceName" => {
-                    take(
-                        &mut map,
-                        &mut row.destination_device_name,
-                        "DestinationDeviceName",
-                    )?;
+                12usize => {
+                    match key.as_str() {
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DestinationIPAddress" => {
-                    take(
-                        &mut map,
-                        &mut row.destination_ip_address,
-                        "DestinationIPAddress",
-                    )?;
+                13usize => {
+                    match key.as_str() {
+                        "AccountDomain" => {
+                            take(&mut map, &mut row.account_domain, "AccountDomain")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DestinationPort" => {
-                    take(&mut map, &mut row.destination_port, "DestinationPort")?;
+                15usize => {
+                    match key.as_str() {
+                        "DestinationPort" => {
+                            take(
+                                &mut map,
+                                &mut row.destination_port,
+                                "DestinationPort",
+                            )?;
+                        }
+                        "AccountObjectId" => {
+                            take(
+                                &mut map,
+                                &mut row.account_object_id,
+                                "AccountObjectId",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Protocol" => {
-                    take(&mut map, &mut row.protocol, "Protocol")?;
+                16usize => {
+                    match key.as_str() {
+                        "TargetAccountUpn" => {
+                            take(
+                                &mut map,
+                                &mut row.target_account_upn,
+                                "TargetAccountUpn",
+                            )?;
+                        }
+                        "TargetDeviceName" => {
+                            take(
+                                &mut map,
+                                &mut row.target_device_name,
+                                "TargetDeviceName",
+                            )?;
+                        }
+                        "AdditionalFields" => {
+                            take(
+                                &mut map,
+                                &mut row.additional_fields,
+                                "AdditionalFields",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountName" => {
-                    take(&mut map, &mut row.account_name, "AccountName")?;
+                18usize => {
+                    match key.as_str() {
+                        "AccountDisplayName" => {
+                            take(
+                                &mut map,
+                                &mut row.account_display_name,
+                                "AccountDisplayName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountDomain" => {
-                    take(&mut map, &mut row.account_domain, "AccountDomain")?;
+                20usize => {
+                    match key.as_str() {
+                        "DestinationIPAddress" => {
+                            take(
+                                &mut map,
+                                &mut row.destination_ip_address,
+                                "DestinationIPAddress",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountUpn" => {
-                    take(&mut map, &mut row.account_upn, "AccountUpn")?;
+                21usize => {
+                    match key.as_str() {
+                        "DestinationDeviceName" => {
+                            take(
+                                &mut map,
+                                &mut row.destination_device_name,
+                                "DestinationDeviceName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountSid" => {
-                    take(&mut map, &mut row.account_sid, "AccountSid")?;
+                24usize => {
+                    match key.as_str() {
+                        "TargetAccountDisplayName" => {
+                            take(
+                                &mut map,
+                                &mut row.target_account_display_name,
+                                "TargetAccountDisplayName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountObjectId" => {
-                    take(&mut map, &mut row.account_object_id, "AccountObjectId")?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "AccountDisplayName" => {
-                    take(&mut map, &mut row.account_display_name, "AccountDisplayName")?;
-                }
-                "DeviceName" => {
-                    take(&mut map, &mut row.device_name, "DeviceName")?;
-                }
-                "IPAddress" => {
-                    take(&mut map, &mut row.ip_address, "IPAddress")?;
-                }
-                "Port" => {
-                    take(&mut map, &mut row.port, "Port")?;
-                }
-                "Location" => {
-                    take(&mut map, &mut row.location, "Location")?;
-                }
-                "ISP" => {
-                    take(&mut map, &mut row.isp, "ISP")?;
-                }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
-                }
-                "AdditionalFields" => {
-                    take(&mut map, &mut row.additional_fields, "AdditionalFields")?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

@@ -896,176 +896,364 @@ impl Serialize for IdentityInfo {
 }
 impl<'de> Deserialize<'de> for IdentityInfo {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl IdentityInfo {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(IdentityInfoVisitor)
     }
 }
 struct IdentityInfoVisitor;
 impl<'de> Visitor<'de> for IdentityInfoVisitor {
-    type Value = IdentityInfo;
+    type Value = Box<IdentityInfo>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a IdentityInfo row (a JSON object)")
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IdentityInfo, A::Error> {
-        let mut row = IdentityInfo::default();
+    fn visit_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<Box<IdentityInfo>, A::Error> {
+        let mut row = Box::<IdentityInfo>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                4usize => {
+                    match key.as_str() {
+                        "Type" => {
+                            take(&mut map, &mut row.type_, "Type")?;
+                        }
+                        "City" => {
+                            take(&mut map, &mut row.city, "City")?;
+                        }
+                        "Tags" => {
+                            take(&mut map, &mut row.tags, "Tags")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
+                5usize => {
+                    match key.as_str() {
+                        "Phone" => {
+                            take(&mut map, &mut row.phone, "Phone")?;
+                        }
+                        "State" => {
+                            take(&mut map, &mut row.state, "State")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountObjectId" => {
-                    take(&mut map, &mut row.account_object_id, "AccountObjectId")?;
+                7usize => {
+                    match key.as_str() {
+                        "Surname" => {
+                            take(&mut map, &mut row.surname, "Surname")?;
+                        }
+                        "Address" => {
+                            take(&mut map, &mut row.address, "Address")?;
+                        }
+                        "Country" => {
+                            take(&mut map, &mut row.country, "Country")?;
+                        }
+                        "Manager" => {
+                            take(&mut map, &mut row.manager, "Manager")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountUpn" => {
-                    take(&mut map, &mut row.account_upn, "AccountUpn")?;
+                8usize => {
+                    match key.as_str() {
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        "CloudSid" => {
+                            take(&mut map, &mut row.cloud_sid, "CloudSid")?;
+                        }
+                        "JobTitle" => {
+                            take(&mut map, &mut row.job_title, "JobTitle")?;
+                        }
+                        "TenantId" => {
+                            take(&mut map, &mut row.tenant_id, "TenantId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "OnPremSid" => {
-                    take(&mut map, &mut row.on_prem_sid, "OnPremSid")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        "OnPremSid" => {
+                            take(&mut map, &mut row.on_prem_sid, "OnPremSid")?;
+                        }
+                        "GivenName" => {
+                            take(&mut map, &mut row.given_name, "GivenName")?;
+                        }
+                        "RiskLevel" => {
+                            take(&mut map, &mut row.risk_level, "RiskLevel")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountDisplayName" => {
-                    take(&mut map, &mut row.account_display_name, "AccountDisplayName")?;
+                10usize => {
+                    match key.as_str() {
+                        "AccountUpn" => {
+                            take(&mut map, &mut row.account_upn, "AccountUpn")?;
+                        }
+                        "Department" => {
+                            take(&mut map, &mut row.department, "Department")?;
+                        }
+                        "EmployeeId" => {
+                            take(&mut map, &mut row.employee_id, "EmployeeId")?;
+                        }
+                        "RiskStatus" => {
+                            take(&mut map, &mut row.risk_status, "RiskStatus")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountName" => {
-                    take(&mut map, &mut row.account_name, "AccountName")?;
+                11usize => {
+                    match key.as_str() {
+                        "AccountName" => {
+                            take(&mut map, &mut row.account_name, "AccountName")?;
+                        }
+                        "BlastRadius" => {
+                            take(&mut map, &mut row.blast_radius, "BlastRadius")?;
+                        }
+                        "CompanyName" => {
+                            take(&mut map, &mut row.company_name, "CompanyName")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountDomain" => {
-                    take(&mut map, &mut row.account_domain, "AccountDomain")?;
+                12usize => {
+                    match key.as_str() {
+                        "EmailAddress" => {
+                            take(&mut map, &mut row.email_address, "EmailAddress")?;
+                        }
+                        "ChangeSource" => {
+                            take(&mut map, &mut row.change_source, "ChangeSource")?;
+                        }
+                        "SourceSystem" => {
+                            take(&mut map, &mut row.source_system, "SourceSystem")?;
+                        }
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "CriticalityLevel" => {
-                    take(&mut map, &mut row.criticality_level, "CriticalityLevel")?;
+                13usize => {
+                    match key.as_str() {
+                        "AccountDomain" => {
+                            take(&mut map, &mut row.account_domain, "AccountDomain")?;
+                        }
+                        "AssignedRoles" => {
+                            take(&mut map, &mut row.assigned_roles, "AssignedRoles")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Type" => {
-                    take(&mut map, &mut row.type_, "Type")?;
+                14usize => {
+                    match key.as_str() {
+                        "OnPremObjectId" => {
+                            take(
+                                &mut map,
+                                &mut row.on_prem_object_id,
+                                "OnPremObjectId",
+                            )?;
+                        }
+                        "SourceProvider" => {
+                            take(&mut map, &mut row.source_provider, "SourceProvider")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DistinguishedName" => {
-                    take(&mut map, &mut row.distinguished_name, "DistinguishedName")?;
+                15usize => {
+                    match key.as_str() {
+                        "AccountObjectId" => {
+                            take(
+                                &mut map,
+                                &mut row.account_object_id,
+                                "AccountObjectId",
+                            )?;
+                        }
+                        "SipProxyAddress" => {
+                            take(
+                                &mut map,
+                                &mut row.sip_proxy_address,
+                                "SipProxyAddress",
+                            )?;
+                        }
+                        "CreatedDateTime" => {
+                            take(
+                                &mut map,
+                                &mut row.created_date_time,
+                                "CreatedDateTime",
+                            )?;
+                        }
+                        "DeletedDateTime" => {
+                            take(
+                                &mut map,
+                                &mut row.deleted_date_time,
+                                "DeletedDateTime",
+                            )?;
+                        }
+                        "SourceProviders" => {
+                            take(
+                                &mut map,
+                                &mut row.source_providers,
+                                "SourceProviders",
+                            )?;
+                        }
+                        "GroupMembership" => {
+                            take(
+                                &mut map,
+                                &mut row.group_membership,
+                                "GroupMembership",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "CloudSid" => {
-                    take(&mut map, &mut row.cloud_sid, "CloudSid")?;
+                16usize => {
+                    match key.as_str() {
+                        "CriticalityLevel" => {
+                            take(
+                                &mut map,
+                                &mut row.criticality_level,
+                                "CriticalityLevel",
+                            )?;
+                        }
+                        "IsAccountEnabled" => {
+                            take(
+                                &mut map,
+                                &mut row.is_account_enabled,
+                                "IsAccountEnabled",
+                            )?;
+                        }
+                        "RiskLevelDetails" => {
+                            take(
+                                &mut map,
+                                &mut row.risk_level_details,
+                                "RiskLevelDetails",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "GivenName" => {
-                    take(&mut map, &mut row.given_name, "GivenName")?;
+                17usize => {
+                    match key.as_str() {
+                        "DistinguishedName" => {
+                            take(
+                                &mut map,
+                                &mut row.distinguished_name,
+                                "DistinguishedName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Surname" => {
-                    take(&mut map, &mut row.surname, "Surname")?;
+                18usize => {
+                    match key.as_str() {
+                        "AccountDisplayName" => {
+                            take(
+                                &mut map,
+                                &mut row.account_display_name,
+                                "AccountDisplayName",
+                            )?;
+                        }
+                        "OtherMailAddresses" => {
+                            take(
+                                &mut map,
+                                &mut row.other_mail_addresses,
+                                "OtherMailAddresses",
+                            )?;
+                        }
+                        "UserAccountControl" => {
+                            take(
+                                &mut map,
+                                &mut row.user_account_control,
+                                "UserAccountControl",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Department" => {
-                    take(&mut map, &mut row.department, "Department")?;
+                19usize => {
+                    match key.as_str() {
+                        "IdentityEnvironment" => {
+                            take(
+                                &mut map,
+                                &mut row.identity_environment,
+                                "IdentityEnvironment",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "JobTitle" => {
-                    take(&mut map, &mut row.job_title, "JobTitle")?;
+                20usize => {
+                    match key.as_str() {
+                        "TenantMembershipType" => {
+                            take(
+                                &mut map,
+                                &mut row.tenant_membership_type,
+                                "TenantMembershipType",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "EmailAddress" => {
-                    take(&mut map, &mut row.email_address, "EmailAddress")?;
+                23usize => {
+                    match key.as_str() {
+                        "PrivilegedEntraPimRoles" => {
+                            take(
+                                &mut map,
+                                &mut row.privileged_entra_pim_roles,
+                                "PrivilegedEntraPimRoles",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SipProxyAddress" => {
-                    take(&mut map, &mut row.sip_proxy_address, "SipProxyAddress")?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "Address" => {
-                    take(&mut map, &mut row.address, "Address")?;
-                }
-                "City" => {
-                    take(&mut map, &mut row.city, "City")?;
-                }
-                "Country" => {
-                    take(&mut map, &mut row.country, "Country")?;
-                }
-                "IsAccountEnabled" => {
-                    take(&mut map, &mut row.is_account_enabled, "IsAccountEnabled")?;
-                }
-                "Manager" => {
-                    take(&mut map, &mut row.manager, "Manager")?;
-                }
-                "Phone" => {
-                    take(&mut map, &mut row.phone, "Phone")?;
-                }
-                "CreatedDateTime" => {
-                    take(&mut map, &mut row.created_date_time, "CreatedDateTime")?;
-                }
-                "ChangeSource" => {
-                    take(&mut map, &mut row.change_source, "ChangeSource")?;
-                }
-                "BlastRadius" => {
-                    take(&mut map, &mut row.blast_radius, "BlastRadius")?;
-                }
-                "CompanyName" => {
-                    take(&mut map, &mut row.company_name, "CompanyName")?;
-                }
-                "DeletedDateTime" => {
-                    take(&mut map, &mut row.deleted_date_time, "DeletedDateTime")?;
-                }
-                "EmployeeId" => {
-                    take(&mut map, &mut row.employee_id, "EmployeeId")?;
-                }
-                "OtherMailAddresses" => {
-                    take(&mut map, &mut row.other_mail_addresses, "OtherMailAddresses")?;
-                }
-                "RiskLevel" => {
-                    take(&mut map, &mut row.risk_level, "RiskLevel")?;
-                }
-                "RiskLevelDetails" => {
-                    take(&mut map, &mut row.risk_level_details, "RiskLevelDetails")?;
-                }
-                "State" => {
-                    take(&mut map, &mut row.state, "State")?;
-                }
-                "Tags" => {
-                    take(&mut map, &mut row.tags, "Tags")?;
-                }
-                "AssignedRoles" => {
-                    take(&mut map, &mut row.assigned_roles, "AssignedRoles")?;
-                }
-                "PrivilegedEntraPimRoles" => {
-                    take(
-                        &mut map,
-                        &mut row.privileged_entra_pim_roles,
-                        "PrivilegedEntraPimRoles",
-                    )?;
-                }
-                "TenantId" => {
-                    take(&mut map, &mut row.tenant_id, "TenantId")?;
-                }
-                "SourceSystem" => {
-                    take(&mut map, &mut row.source_system, "SourceSystem")?;
-                }
-                "OnPremObjectId" => {
-                    take(&mut map, &mut row.on_prem_object_id, "OnPremObjectId")?;
-                }
-                "TenantMembershipType" => {
-                    take(
-                        &mut map,
-                        &mut row.tenant_membership_type,
-                        "TenantMembershipType",
-                    )?;
-                }
-                "RiskStatus" => {
-                    take(&mut map, &mut row.risk_status, "RiskStatus")?;
-                }
-                "UserAccountControl" => {
-                    take(&mut map, &mut row.user_account_control, "UserAccountControl")?;
-                }
-                "IdentityEnvironment" => {
-                    take(
-                        &mut map,
-                        &mut row.identity_environment,
-                        "IdentityEnvironment",
-                    )?;
-                }
-                "SourceProviders" => {
-                    take(&mut map, &mut row.source_providers, "SourceProviders")?;
-                }
-                "GroupMembership" => {
-                    take(&mut map, &mut row.group_membership, "GroupMembership")?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                "SourceProvider" => {
-                    take(&mut map, &mut row.source_provider, "SourceProvider")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

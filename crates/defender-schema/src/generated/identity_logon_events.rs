@@ -550,122 +550,258 @@ impl Serialize for IdentityLogonEvents {
 }
 impl<'de> Deserialize<'de> for IdentityLogonEvents {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl IdentityLogonEvents {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(IdentityLogonEventsVisitor)
     }
 }
 struct IdentityLogonEventsVisitor;
 impl<'de> Visitor<'de> for IdentityLogonEventsVisitor {
-    type Value = IdentityLogonEvents;
+    type Value = Box<IdentityLogonEvents>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a IdentityLogonEvents row (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(
         self,
         mut map: A,
-    ) -> Result<IdentityLogonEvents, A::Error> {
-        let mut row = IdentityLogonEvents::default();
+    ) -> Result<Box<IdentityLogonEvents>, A::Error> {
+        let mut row = Box::<IdentityLogonEvents>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                3usize => {
+                    match key.as_str() {
+                        "Isp" => {
+                            take(&mut map, &mut row.isp, "Isp")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ActionType" => {
-                    take(&mut map, &mut row.action_type, "ActionType")?;
+                4usize => {
+                    match key.as_str() {
+                        "Port" => {
+                            take(&mut map, &mut row.port, "Port")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Application" => {
-                    take(&mut map, &mut row.application, "Application")?;
+                8usize => {
+                    match key.as_str() {
+                        "Protocol" => {
+                            take(&mut map, &mut row.protocol, "Protocol")?;
+                        }
+                        "Location" => {
+                            take(&mut map, &mut row.location, "Location")?;
+                        }
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "LogonType" => {
-                    take(&mut map, &mut row.logon_type, "LogonType")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        "LogonType" => {
+                            take(&mut map, &mut row.logon_type, "LogonType")?;
+                        }
+                        "IPAddress" => {
+                            take(&mut map, &mut row.ip_address, "IPAddress")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Protocol" => {
-                    take(&mut map, &mut row.protocol, "Protocol")?;
+                10usize => {
+                    match key.as_str() {
+                        "ActionType" => {
+                            take(&mut map, &mut row.action_type, "ActionType")?;
+                        }
+                        "AccountUpn" => {
+                            take(&mut map, &mut row.account_upn, "AccountUpn")?;
+                        }
+                        "AccountSid" => {
+                            take(&mut map, &mut row.account_sid, "AccountSid")?;
+                        }
+                        "DeviceName" => {
+                            take(&mut map, &mut row.device_name, "DeviceName")?;
+                        }
+                        "DeviceType" => {
+                            take(&mut map, &mut row.device_type, "DeviceType")?;
+                        }
+                        "OSPlatform" => {
+                            take(&mut map, &mut row.os_platform, "OSPlatform")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "FailureReason" => {
-                    take(&mut map, &mut row.failure_reason, "FailureReason")?;
+                11usize => {
+                    match key.as_str() {
+                        "Application" => {
+                            take(&mut map, &mut row.application, "Application")?;
+                        }
+                        "AccountName" => {
+                            take(&mut map, &mut row.account_name, "AccountName")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountName" => {
-                    take(&mut map, &mut row.account_name, "AccountName")?;
+                12usize => {
+                    match key.as_str() {
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountDomain" => {
-                    take(&mut map, &mut row.account_domain, "AccountDomain")?;
+                13usize => {
+                    match key.as_str() {
+                        "FailureReason" => {
+                            take(&mut map, &mut row.failure_reason, "FailureReason")?;
+                        }
+                        "AccountDomain" => {
+                            take(&mut map, &mut row.account_domain, "AccountDomain")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountUpn" => {
-                    take(&mut map, &mut row.account_upn, "AccountUpn")?;
+                15usize => {
+                    match key.as_str() {
+                        "AccountObjectId" => {
+                            take(
+                                &mut map,
+                                &mut row.account_object_id,
+                                "AccountObjectId",
+                            )?;
+                        }
+                        "DestinationPort" => {
+                            take(
+                                &mut map,
+                                &mut row.destination_port,
+                                "DestinationPort",
+                            )?;
+                        }
+                        "UncommonForUser" => {
+                            take(
+                                &mut map,
+                                &mut row.uncommon_for_user,
+                                "UncommonForUser",
+                            )?;
+                        }
+                        "LastSeenForUser" => {
+                            take(
+                                &mut map,
+                                &mut row.last_seen_for_user,
+                                "LastSeenForUser",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountSid" => {
-                    take(&mut map, &mut row.account_sid, "AccountSid")?;
+                16usize => {
+                    match key.as_str() {
+                        "TargetDeviceName" => {
+                            take(
+                                &mut map,
+                                &mut row.target_device_name,
+                                "TargetDeviceName",
+                            )?;
+                        }
+                        "AdditionalFields" => {
+                            take(
+                                &mut map,
+                                &mut row.additional_fields,
+                                "AdditionalFields",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountObjectId" => {
-                    take(&mut map, &mut row.account_object_id, "AccountObjectId")?;
+                18usize => {
+                    match key.as_str() {
+                        "AccountDisplayName" => {
+                            take(
+                                &mut map,
+                                &mut row.account_display_name,
+                                "AccountDisplayName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountDisplayName" => {
-                    take(&mut map, &mut row.account_display_name, "AccountDisplayName")?;
+                20usize => {
+                    match key.as_str() {
+                        "DestinationIPAddress" => {
+                            take(
+                                &mut map,
+                                &mut row.destination_ip_address,
+                                "DestinationIPAddress",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DeviceName" => {
-                    take(&mut map, &mut row.device_name, "DeviceName")?;
+                21usize => {
+                    match key.as_str() {
+                        "DestinationDeviceName" => {
+                            take(
+                                &mut map,
+                                &mut row.destination_device_name,
+                                "DestinationDeviceName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DeviceType" => {
-                    take(&mut map, &mut row.device_type, "DeviceType")?;
+                24usize => {
+                    match key.as_str() {
+                        "TargetAccountDisplayName" => {
+                            take(
+                                &mut map,
+                                &mut row.target_account_display_name,
+                                "TargetAccountDisplayName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "OSPlatform" => {
-                    take(&mut map, &mut row.os_platform, "OSPlatform")?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "IPAddress" => {
-                    take(&mut map, &mut row.ip_address, "IPAddress")?;
-                }
-                "Port" => {
-                    take(&mut map, &mut row.port, "Port")?;
-                }
-                "DestinationDeviceName" => {
-                    take(
-                        &mut map,
-                        &mut row.destination_device_name,
-                        "DestinationDeviceName",
-                    )?;
-                }
-                "DestinationIPAddress" => {
-                    take(
-                        &mut map,
-                        &mut row.destination_ip_address,
-                        "DestinationIPAddress",
-                    )?;
-                }
-                "DestinationPort" => {
-                    take(&mut map, &mut row.destination_port, "DestinationPort")?;
-                }
-                "TargetDeviceName" => {
-                    take(&mut map, &mut row.target_device_name, "TargetDeviceName")?;
-                }
-                "TargetAccountDisplayName" => {
-                    take(
-                        &mut map,
-                        &mut row.target_account_display_name,
-                        "TargetAccountDisplayName",
-                    )?;
-                }
-                "Location" => {
-                    take(&mut map, &mut row.location, "Location")?;
-                }
-                "Isp" => {
-                    take(&mut map, &mut row.isp, "Isp")?;
-                }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
-                }
-                "AdditionalFields" => {
-                    take(&mut map, &mut row.additional_fields, "AdditionalFields")?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                "UncommonForUser" => {
-                    take(&mut map, &mut row.uncommon_for_user, "UncommonForUser")?;
-                }
-                "LastSeenForUser" => {
-                    take(&mut map, &mut row.last_seen_for_user, "LastSeenForUser")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

@@ -504,113 +504,245 @@ impl Serialize for IdentityQueryEvents {
 }
 impl<'de> Deserialize<'de> for IdentityQueryEvents {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl IdentityQueryEvents {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(IdentityQueryEventsVisitor)
     }
 }
 struct IdentityQueryEventsVisitor;
 impl<'de> Visitor<'de> for IdentityQueryEventsVisitor {
-    type Value = IdentityQueryEvents;
+    type Value = Box<IdentityQueryEvents>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a IdentityQueryEvents row (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(
         self,
         mut map: A,
-    ) -> Result<IdentityQueryEvents, A::Error> {
-        let mut row = IdentityQueryEvents::default();
+    ) -> Result<Box<IdentityQueryEvents>, A::Error> {
+        let mut row = Box::<IdentityQueryEvents>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                4usize => {
+                    match key.as_str() {
+                        "Port" => {
+                            take(&mut map, &mut row.port, "Port")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ActionType" => {
-                    take(&mut map, &mut row.action_type, "ActionType")?;
+                5usize => {
+                    match key.as_str() {
+                        "Query" => {
+                            take(&mut map, &mut row.query, "Query")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Application" => {
-                    take(&mut map, &mut row.application, "Application")?;
+                8usize => {
+                    match key.as_str() {
+                        "Protocol" => {
+                            take(&mut map, &mut row.protocol, "Protocol")?;
+                        }
+                        "Location" => {
+                            take(&mut map, &mut row.location, "Location")?;
+                        }
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "QueryType" => {
-                    take(&mut map, &mut row.query_type, "QueryType")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        "QueryType" => {
+                            take(&mut map, &mut row.query_type, "QueryType")?;
+                        }
+                        "IPAddress" => {
+                            take(&mut map, &mut row.ip_address, "IPAddress")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "QueryTarget" => {
-                    take(&mut map, &mut row.query_target, "QueryTarget")?;
+                10usize => {
+                    match key.as_str() {
+                        "ActionType" => {
+                            take(&mut map, &mut row.action_type, "ActionType")?;
+                        }
+                        "AccountUpn" => {
+                            take(&mut map, &mut row.account_upn, "AccountUpn")?;
+                        }
+                        "AccountSid" => {
+                            take(&mut map, &mut row.account_sid, "AccountSid")?;
+                        }
+                        "DeviceName" => {
+                            take(&mut map, &mut row.device_name, "DeviceName")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Query" => {
-                    take(&mut map, &mut row.query, "Query")?;
+                11usize => {
+                    match key.as_str() {
+                        "Application" => {
+                            take(&mut map, &mut row.application, "Application")?;
+                        }
+                        "QueryTarget" => {
+                            take(&mut map, &mut row.query_target, "QueryTarget")?;
+                        }
+                        "AccountName" => {
+                            take(&mut map, &mut row.account_name, "AccountName")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Protocol" => {
-                    take(&mut map, &mut row.protocol, "Protocol")?;
+                12usize => {
+                    match key.as_str() {
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountName" => {
-                    take(&mut map, &mut row.account_name, "AccountName")?;
+                13usize => {
+                    match key.as_str() {
+                        "AccountDomain" => {
+                            take(&mut map, &mut row.account_domain, "AccountDomain")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountDomain" => {
-                    take(&mut map, &mut row.account_domain, "AccountDomain")?;
+                15usize => {
+                    match key.as_str() {
+                        "AccountObjectId" => {
+                            take(
+                                &mut map,
+                                &mut row.account_object_id,
+                                "AccountObjectId",
+                            )?;
+                        }
+                        "DestinationPort" => {
+                            take(
+                                &mut map,
+                                &mut row.destination_port,
+                                "DestinationPort",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountUpn" => {
-                    take(&mut map, &mut row.account_upn, "AccountUpn")?;
+                16usize => {
+                    match key.as_str() {
+                        "TargetDeviceName" => {
+                            take(
+                                &mut map,
+                                &mut row.target_device_name,
+                                "TargetDeviceName",
+                            )?;
+                        }
+                        "TargetAccountUpn" => {
+                            take(
+                                &mut map,
+                                &mut row.target_account_upn,
+                                "TargetAccountUpn",
+                            )?;
+                        }
+                        "AdditionalFields" => {
+                            take(
+                                &mut map,
+                                &mut row.additional_fields,
+                                "AdditionalFields",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountSid" => {
-                    take(&mut map, &mut row.account_sid, "AccountSid")?;
+                18usize => {
+                    match key.as_str() {
+                        "AccountDisplayName" => {
+                            take(
+                                &mut map,
+                                &mut row.account_display_name,
+                                "AccountDisplayName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountObjectId" => {
-                    take(&mut map, &mut row.account_object_id, "AccountObjectId")?;
+                20usize => {
+                    match key.as_str() {
+                        "DestinationIPAddress" => {
+                            take(
+                                &mut map,
+                                &mut row.destination_ip_address,
+                                "DestinationIPAddress",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountDisplayName" => {
-                    take(&mut map, &mut row.account_display_name, "AccountDisplayName")?;
+                21usize => {
+                    match key.as_str() {
+                        "DestinationDeviceName" => {
+                            take(
+                                &mut map,
+                                &mut row.destination_device_name,
+                                "DestinationDeviceName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DeviceName" => {
-                    take(&mut map, &mut row.device_name, "DeviceName")?;
+                24usize => {
+                    match key.as_str() {
+                        "TargetAccountDisplayName" => {
+                            take(
+                                &mut map,
+                                &mut row.target_account_display_name,
+                                "TargetAccountDisplayName",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "IPAddress" => {
-                    take(&mut map, &mut row.ip_address, "IPAddress")?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "Port" => {
-                    take(&mut map, &mut row.port, "Port")?;
-                }
-                "DestinationDeviceName" => {
-                    take(
-                        &mut map,
-                        &mut row.destination_device_name,
-                        "DestinationDeviceName",
-                    )?;
-                }
-                "DestinationIPAddress" => {
-                    take(
-                        &mut map,
-                        &mut row.destination_ip_address,
-                        "DestinationIPAddress",
-                    )?;
-                }
-                "DestinationPort" => {
-                    take(&mut map, &mut row.destination_port, "DestinationPort")?;
-                }
-                "TargetDeviceName" => {
-                    take(&mut map, &mut row.target_device_name, "TargetDeviceName")?;
-                }
-                "TargetAccountUpn" => {
-                    take(&mut map, &mut row.target_account_upn, "TargetAccountUpn")?;
-                }
-                "TargetAccountDisplayName" => {
-                    take(
-                        &mut map,
-                        &mut row.target_account_display_name,
-                        "TargetAccountDisplayName",
-                    )?;
-                }
-                "Location" => {
-                    take(&mut map, &mut row.location, "Location")?;
-                }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
-                }
-                "AdditionalFields" => {
-                    take(&mut map, &mut row.additional_fields, "AdditionalFields")?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

@@ -670,129 +670,266 @@ impl Serialize for MessageEvents {
 }
 impl<'de> Deserialize<'de> for MessageEvents {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl MessageEvents {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(MessageEventsVisitor)
     }
 }
 struct MessageEventsVisitor;
 impl<'de> Visitor<'de> for MessageEventsVisitor {
-    type Value = MessageEvents;
+    type Value = Box<MessageEvents>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a MessageEvents row (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(
         self,
         mut map: A,
-    ) -> Result<MessageEvents, A::Error> {
-        let mut row = MessageEvents::default();
+    ) -> Result<Box<MessageEvents>, A::Error> {
+        let mut row = Box::<MessageEvents>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                7usize => {
+                    match key.as_str() {
+                        "GroupId" => {
+                            take(&mut map, &mut row.group_id, "GroupId")?;
+                        }
+                        "Subject" => {
+                            take(&mut map, &mut row.subject, "Subject")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "LastEditedTime" => {
-                    take(&mut map, &mut row.last_edited_time, "LastEditedTime")?;
+                8usize => {
+                    match key.as_str() {
+                        "ThreadId" => {
+                            take(&mut map, &mut row.thread_id, "ThreadId")?;
+                        }
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "TeamsMessageId" => {
-                    take(&mut map, &mut row.teams_message_id, "TeamsMessageId")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        "MessageId" => {
+                            take(&mut map, &mut row.message_id, "MessageId")?;
+                        }
+                        "GroupName" => {
+                            take(&mut map, &mut row.group_name, "GroupName")?;
+                        }
+                        "SafetyTip" => {
+                            take(&mut map, &mut row.safety_tip, "SafetyTip")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SenderEmailAddress" => {
-                    take(&mut map, &mut row.sender_email_address, "SenderEmailAddress")?;
+                10usize => {
+                    match key.as_str() {
+                        "SenderType" => {
+                            take(&mut map, &mut row.sender_type, "SenderType")?;
+                        }
+                        "ThreadName" => {
+                            take(&mut map, &mut row.thread_name, "ThreadName")?;
+                        }
+                        "ThreadType" => {
+                            take(&mut map, &mut row.thread_type, "ThreadType")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SenderDisplayName" => {
-                    take(&mut map, &mut row.sender_display_name, "SenderDisplayName")?;
+                11usize => {
+                    match key.as_str() {
+                        "ThreatTypes" => {
+                            take(&mut map, &mut row.threat_types, "ThreatTypes")?;
+                        }
+                        "MessageType" => {
+                            take(&mut map, &mut row.message_type, "MessageType")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SenderObjectId" => {
-                    take(&mut map, &mut row.sender_object_id, "SenderObjectId")?;
+                12usize => {
+                    match key.as_str() {
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SenderType" => {
-                    take(&mut map, &mut row.sender_type, "SenderType")?;
+                13usize => {
+                    match key.as_str() {
+                        "IsOwnedThread" => {
+                            take(&mut map, &mut row.is_owned_thread, "IsOwnedThread")?;
+                        }
+                        "ThreadSubtype" => {
+                            take(&mut map, &mut row.thread_subtype, "ThreadSubtype")?;
+                        }
+                        "ThreadSubType" => {
+                            take(&mut map, &mut row.thread_sub_type, "ThreadSubType")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "RecipientDetails" => {
-                    take(&mut map, &mut row.recipient_details, "RecipientDetails")?;
+                14usize => {
+                    match key.as_str() {
+                        "LastEditedTime" => {
+                            take(&mut map, &mut row.last_edited_time, "LastEditedTime")?;
+                        }
+                        "TeamsMessageId" => {
+                            take(&mut map, &mut row.teams_message_id, "TeamsMessageId")?;
+                        }
+                        "SenderObjectId" => {
+                            take(&mut map, &mut row.sender_object_id, "SenderObjectId")?;
+                        }
+                        "MessageVersion" => {
+                            take(&mut map, &mut row.message_version, "MessageVersion")?;
+                        }
+                        "MessageSubject" => {
+                            take(&mut map, &mut row.message_subject, "MessageSubject")?;
+                        }
+                        "DeliveryAction" => {
+                            take(&mut map, &mut row.delivery_action, "DeliveryAction")?;
+                        }
+                        "MessageSubtype" => {
+                            take(&mut map, &mut row.message_subtype, "MessageSubtype")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "IsOwnedThread" => {
-                    take(&mut map, &mut row.is_owned_thread, "IsOwnedThread")?;
+                15usize => {
+                    match key.as_str() {
+                        "ParentMessageId" => {
+                            take(
+                                &mut map,
+                                &mut row.parent_message_id,
+                                "ParentMessageId",
+                            )?;
+                        }
+                        "ConfidenceLevel" => {
+                            take(
+                                &mut map,
+                                &mut row.confidence_level,
+                                "ConfidenceLevel",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "MessageId" => {
-                    take(&mut map, &mut row.message_id, "MessageId")?;
+                16usize => {
+                    match key.as_str() {
+                        "RecipientDetails" => {
+                            take(
+                                &mut map,
+                                &mut row.recipient_details,
+                                "RecipientDetails",
+                            )?;
+                        }
+                        "IsExternalThread" => {
+                            take(
+                                &mut map,
+                                &mut row.is_external_thread,
+                                "IsExternalThread",
+                            )?;
+                        }
+                        "DetectionMethods" => {
+                            take(
+                                &mut map,
+                                &mut row.detection_methods,
+                                "DetectionMethods",
+                            )?;
+                        }
+                        "DeliveryLocation" => {
+                            take(
+                                &mut map,
+                                &mut row.delivery_location,
+                                "DeliveryLocation",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ParentMessageId" => {
-                    take(&mut map, &mut row.parent_message_id, "ParentMessageId")?;
+                17usize => {
+                    match key.as_str() {
+                        "SenderDisplayName" => {
+                            take(
+                                &mut map,
+                                &mut row.sender_display_name,
+                                "SenderDisplayName",
+                            )?;
+                        }
+                        "MessageFormatType" => {
+                            take(
+                                &mut map,
+                                &mut row.message_format_type,
+                                "MessageFormatType",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "GroupId" => {
-                    take(&mut map, &mut row.group_id, "GroupId")?;
+                18usize => {
+                    match key.as_str() {
+                        "SenderEmailAddress" => {
+                            take(
+                                &mut map,
+                                &mut row.sender_email_address,
+                                "SenderEmailAddress",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "GroupName" => {
-                    take(&mut map, &mut row.group_name, "GroupName")?;
+                20usize => {
+                    match key.as_str() {
+                        "MessageFormatSubtype" => {
+                            take(
+                                &mut map,
+                                &mut row.message_format_subtype,
+                                "MessageFormatSubtype",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ThreadId" => {
-                    take(&mut map, &mut row.thread_id, "ThreadId")?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "ThreadSubtype" => {
-                    take(&mut map, &mut row.thread_subtype, "ThreadSubtype")?;
-                }
-                "IsExternalThread" => {
-                    take(&mut map, &mut row.is_external_thread, "IsExternalThread")?;
-                }
-                "MessageFormatType" => {
-                    take(&mut map, &mut row.message_format_type, "MessageFormatType")?;
-                }
-                "MessageFormatSubtype" => {
-                    take(
-                        &mut map,
-                        &mut row.message_format_subtype,
-                        "MessageFormatSubtype",
-                    )?;
-                }
-                "MessageVersion" => {
-                    take(&mut map, &mut row.message_version, "MessageVersion")?;
-                }
-                "MessageSubject" => {
-                    take(&mut map, &mut row.message_subject, "MessageSubject")?;
-                }
-                "ThreatTypes" => {
-                    take(&mut map, &mut row.threat_types, "ThreatTypes")?;
-                }
-                "DetectionMethods" => {
-                    take(&mut map, &mut row.detection_methods, "DetectionMethods")?;
-                }
-                "ConfidenceLevel" => {
-                    take(&mut map, &mut row.confidence_level, "ConfidenceLevel")?;
-                }
-                "DeliveryAction" => {
-                    take(&mut map, &mut row.delivery_action, "DeliveryAction")?;
-                }
-                "DeliveryLocation" => {
-                    take(&mut map, &mut row.delivery_location, "DeliveryLocation")?;
-                }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
-                }
-                "SafetyTip" => {
-                    take(&mut map, &mut row.safety_tip, "SafetyTip")?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                "ThreadName" => {
-                    take(&mut map, &mut row.thread_name, "ThreadName")?;
-                }
-                "ThreadType" => {
-                    take(&mut map, &mut row.thread_type, "ThreadType")?;
-                }
-                "ThreadSubType" => {
-                    take(&mut map, &mut row.thread_sub_type, "ThreadSubType")?;
-                }
-                "MessageType" => {
-                    take(&mut map, &mut row.message_type, "MessageType")?;
-                }
-                "MessageSubtype" => {
-                    take(&mut map, &mut row.message_subtype, "MessageSubtype")?;
-                }
-                "Subject" => {
-                    take(&mut map, &mut row.subject, "Subject")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

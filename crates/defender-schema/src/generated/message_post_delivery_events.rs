@@ -344,78 +344,192 @@ impl Serialize for MessagePostDeliveryEvents {
 }
 impl<'de> Deserialize<'de> for MessagePostDeliveryEvents {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl MessagePostDeliveryEvents {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(MessagePostDeliveryEventsVisitor)
     }
 }
 struct MessagePostDeliveryEventsVisitor;
 impl<'de> Visitor<'de> for MessagePostDeliveryEventsVisitor {
-    type Value = MessagePostDeliveryEvents;
+    type Value = Box<MessagePostDeliveryEvents>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a MessagePostDeliveryEvents row (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(
         self,
         mut map: A,
-    ) -> Result<MessagePostDeliveryEvents, A::Error> {
-        let mut row = MessagePostDeliveryEvents::default();
+    ) -> Result<Box<MessagePostDeliveryEvents>, A::Error> {
+        let mut row = Box::<MessagePostDeliveryEvents>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                6usize => {
+                    match key.as_str() {
+                        "Action" => {
+                            take(&mut map, &mut row.action, "Action")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "TeamsMessageId" => {
-                    take(&mut map, &mut row.teams_message_id, "TeamsMessageId")?;
+                8usize => {
+                    match key.as_str() {
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Action" => {
-                    take(&mut map, &mut row.action, "Action")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        "SafetyTip" => {
+                            take(&mut map, &mut row.safety_tip, "SafetyTip")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ActionType" => {
-                    take(&mut map, &mut row.action_type, "ActionType")?;
+                10usize => {
+                    match key.as_str() {
+                        "ActionType" => {
+                            take(&mut map, &mut row.action_type, "ActionType")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ActionTrigger" => {
-                    take(&mut map, &mut row.action_trigger, "ActionTrigger")?;
+                11usize => {
+                    match key.as_str() {
+                        "ThreatTypes" => {
+                            take(&mut map, &mut row.threat_types, "ThreatTypes")?;
+                        }
+                        "ThreadTypes" => {
+                            take(&mut map, &mut row.thread_types, "ThreadTypes")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ActionResult" => {
-                    take(&mut map, &mut row.action_result, "ActionResult")?;
+                12usize => {
+                    match key.as_str() {
+                        "ActionResult" => {
+                            take(&mut map, &mut row.action_result, "ActionResult")?;
+                        }
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "SenderEmailAddress" => {
-                    take(&mut map, &mut row.sender_email_address, "SenderEmailAddress")?;
+                13usize => {
+                    match key.as_str() {
+                        "ActionTrigger" => {
+                            take(&mut map, &mut row.action_trigger, "ActionTrigger")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "RecipientDetails" => {
-                    take(&mut map, &mut row.recipient_details, "RecipientDetails")?;
+                14usize => {
+                    match key.as_str() {
+                        "TeamsMessageId" => {
+                            take(&mut map, &mut row.teams_message_id, "TeamsMessageId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ThreatTypes" => {
-                    take(&mut map, &mut row.threat_types, "ThreatTypes")?;
+                15usize => {
+                    match key.as_str() {
+                        "ConfidenceLevel" => {
+                            take(
+                                &mut map,
+                                &mut row.confidence_level,
+                                "ConfidenceLevel",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ConfidenceLevel" => {
-                    take(&mut map, &mut row.confidence_level, "ConfidenceLevel")?;
+                16usize => {
+                    match key.as_str() {
+                        "RecipientDetails" => {
+                            take(
+                                &mut map,
+                                &mut row.recipient_details,
+                                "RecipientDetails",
+                            )?;
+                        }
+                        "DetectionMethods" => {
+                            take(
+                                &mut map,
+                                &mut row.detection_methods,
+                                "DetectionMethods",
+                            )?;
+                        }
+                        "IsExternalThread" => {
+                            take(
+                                &mut map,
+                                &mut row.is_external_thread,
+                                "IsExternalThread",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DetectionMethods" => {
-                    take(&mut map, &mut row.detection_methods, "DetectionMethods")?;
+                18usize => {
+                    match key.as_str() {
+                        "SenderEmailAddress" => {
+                            take(
+                                &mut map,
+                                &mut row.sender_email_address,
+                                "SenderEmailAddress",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "LatestDeliveryLocation" => {
-                    take(
-                        &mut map,
-                        &mut row.latest_delivery_location,
-                        "LatestDeliveryLocation",
-                    )?;
+                22usize => {
+                    match key.as_str() {
+                        "LatestDeliveryLocation" => {
+                            take(
+                                &mut map,
+                                &mut row.latest_delivery_location,
+                                "LatestDeliveryLocation",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "IsExternalThread" => {
-                    take(&mut map, &mut row.is_external_thread, "IsExternalThread")?;
-                }
-                "SafetyTip" => {
-                    take(&mut map, &mut row.safety_tip, "SafetyTip")?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                "ThreadTypes" => {
-                    take(&mut map, &mut row.thread_types, "ThreadTypes")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

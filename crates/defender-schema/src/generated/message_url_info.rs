@@ -161,44 +161,96 @@ impl Serialize for MessageUrlInfo {
 }
 impl<'de> Deserialize<'de> for MessageUrlInfo {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl MessageUrlInfo {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(MessageUrlInfoVisitor)
     }
 }
 struct MessageUrlInfoVisitor;
 impl<'de> Visitor<'de> for MessageUrlInfoVisitor {
-    type Value = MessageUrlInfo;
+    type Value = Box<MessageUrlInfo>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a MessageUrlInfo row (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(
         self,
         mut map: A,
-    ) -> Result<MessageUrlInfo, A::Error> {
-        let mut row = MessageUrlInfo::default();
+    ) -> Result<Box<MessageUrlInfo>, A::Error> {
+        let mut row = Box::<MessageUrlInfo>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                3usize => {
+                    match key.as_str() {
+                        "Url" => {
+                            take(&mut map, &mut row.url, "Url")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "TeamsMessageId" => {
-                    take(&mut map, &mut row.teams_message_id, "TeamsMessageId")?;
+                8usize => {
+                    match key.as_str() {
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Url" => {
-                    take(&mut map, &mut row.url, "Url")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        "UrlDomain" => {
+                            take(&mut map, &mut row.url_domain, "UrlDomain")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "UrlDomain" => {
-                    take(&mut map, &mut row.url_domain, "UrlDomain")?;
+                11usize => {
+                    match key.as_str() {
+                        "ThreatTypes" => {
+                            take(&mut map, &mut row.threat_types, "ThreatTypes")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ThreatTypes" => {
-                    take(&mut map, &mut row.threat_types, "ThreatTypes")?;
+                12usize => {
+                    match key.as_str() {
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
+                14usize => {
+                    match key.as_str() {
+                        "TeamsMessageId" => {
+                            take(&mut map, &mut row.teams_message_id, "TeamsMessageId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)

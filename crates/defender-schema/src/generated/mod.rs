@@ -364,6 +364,191 @@ impl Table {
             Table::IdentityQueryEvents | Table::UrlClickEvents
         )
     }
+    /// The table's JSON Schema (draft 2020-12), as checked in under `schemas/`.
+    pub const fn json_schema(self) -> &'static str {
+        match self {
+            Table::AlertEvidence => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "AlertEvidence", ".schema.json")
+                )
+            }
+            Table::AlertInfo => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/", "AlertInfo",
+                    ".schema.json")
+                )
+            }
+            Table::BehaviorEntities => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "BehaviorEntities", ".schema.json")
+                )
+            }
+            Table::BehaviorInfo => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "BehaviorInfo", ".schema.json")
+                )
+            }
+            Table::CloudAppEvents => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "CloudAppEvents", ".schema.json")
+                )
+            }
+            Table::CloudAuditEvents => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "CloudAuditEvents", ".schema.json")
+                )
+            }
+            Table::CloudProcessEvents => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "CloudProcessEvents", ".schema.json")
+                )
+            }
+            Table::CloudStorageAggregatedEvents => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "CloudStorageAggregatedEvents", ".schema.json")
+                )
+            }
+            Table::DeviceEvents => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "DeviceEvents", ".schema.json")
+                )
+            }
+            Table::DeviceFileCertificateInfo => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "DeviceFileCertificateInfo", ".schema.json")
+                )
+            }
+            Table::DeviceFileEvents => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "DeviceFileEvents", ".schema.json")
+                )
+            }
+            Table::DeviceImageLoadEvents => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "DeviceImageLoadEvents", ".schema.json")
+                )
+            }
+            Table::DeviceInfo => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/", "DeviceInfo",
+                    ".schema.json")
+                )
+            }
+            Table::DeviceLogonEvents => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "DeviceLogonEvents", ".schema.json")
+                )
+            }
+            Table::DeviceNetworkEvents => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "DeviceNetworkEvents", ".schema.json")
+                )
+            }
+            Table::DeviceNetworkInfo => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "DeviceNetworkInfo", ".schema.json")
+                )
+            }
+            Table::DeviceProcessEvents => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "DeviceProcessEvents", ".schema.json")
+                )
+            }
+            Table::DeviceRegistryEvents => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "DeviceRegistryEvents", ".schema.json")
+                )
+            }
+            Table::EmailAttachmentInfo => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "EmailAttachmentInfo", ".schema.json")
+                )
+            }
+            Table::EmailEvents => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/", "EmailEvents",
+                    ".schema.json")
+                )
+            }
+            Table::EmailPostDeliveryEvents => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "EmailPostDeliveryEvents", ".schema.json")
+                )
+            }
+            Table::EmailUrlInfo => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "EmailUrlInfo", ".schema.json")
+                )
+            }
+            Table::IdentityDirectoryEvents => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "IdentityDirectoryEvents", ".schema.json")
+                )
+            }
+            Table::IdentityInfo => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "IdentityInfo", ".schema.json")
+                )
+            }
+            Table::IdentityLogonEvents => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "IdentityLogonEvents", ".schema.json")
+                )
+            }
+            Table::IdentityQueryEvents => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "IdentityQueryEvents", ".schema.json")
+                )
+            }
+            Table::MessageEvents => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "MessageEvents", ".schema.json")
+                )
+            }
+            Table::MessagePostDeliveryEvents => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "MessagePostDeliveryEvents", ".schema.json")
+                )
+            }
+            Table::MessageUrlInfo => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "MessageUrlInfo", ".schema.json")
+                )
+            }
+            Table::UrlClickEvents => {
+                include_str!(
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/",
+                    "UrlClickEvents", ".schema.json")
+                )
+            }
+        }
+    }
     /// The columns, in the reference's order, then those seen only in real exports.
     pub fn columns(self) -> &'static [Column] {
         match self {
@@ -532,95 +717,126 @@ impl Event {
                 properties: properties.to_owned(),
             });
         };
+        decode_row(table, properties)
+    }
+    /// Decodes a known table's row from any deserializer.
+    pub(crate) fn decode_from<'de, D: serde::Deserializer<'de>>(
+        table: Table,
+        de: D,
+    ) -> Result<Event, D::Error> {
         Ok(
             match table {
                 Table::AlertEvidence => {
-                    Event::AlertEvidence(Box::new(decode_row(properties)?))
+                    Event::AlertEvidence(AlertEvidence::deserialize_boxed(de)?)
                 }
-                Table::AlertInfo => Event::AlertInfo(Box::new(decode_row(properties)?)),
+                Table::AlertInfo => Event::AlertInfo(AlertInfo::deserialize_boxed(de)?),
                 Table::BehaviorEntities => {
-                    Event::BehaviorEntities(Box::new(decode_row(properties)?))
+                    Event::BehaviorEntities(BehaviorEntities::deserialize_boxed(de)?)
                 }
                 Table::BehaviorInfo => {
-                    Event::BehaviorInfo(Box::new(decode_row(properties)?))
+                    Event::BehaviorInfo(BehaviorInfo::deserialize_boxed(de)?)
                 }
                 Table::CloudAppEvents => {
-                    Event::CloudAppEvents(Box::new(decode_row(properties)?))
+                    Event::CloudAppEvents(CloudAppEvents::deserialize_boxed(de)?)
                 }
                 Table::CloudAuditEvents => {
-                    Event::CloudAuditEvents(Box::new(decode_row(properties)?))
+                    Event::CloudAuditEvents(CloudAuditEvents::deserialize_boxed(de)?)
                 }
                 Table::CloudProcessEvents => {
-                    Event::CloudProcessEvents(Box::new(decode_row(properties)?))
+                    Event::CloudProcessEvents(CloudProcessEvents::deserialize_boxed(de)?)
                 }
                 Table::CloudStorageAggregatedEvents => {
                     Event::CloudStorageAggregatedEvents(
-                        Box::new(decode_row(properties)?),
+                        CloudStorageAggregatedEvents::deserialize_boxed(de)?,
                     )
                 }
                 Table::DeviceEvents => {
-                    Event::DeviceEvents(Box::new(decode_row(properties)?))
+                    Event::DeviceEvents(DeviceEvents::deserialize_boxed(de)?)
                 }
                 Table::DeviceFileCertificateInfo => {
-                    Event::DeviceFileCertificateInfo(Box::new(decode_row(properties)?))
+                    Event::DeviceFileCertificateInfo(
+                        DeviceFileCertificateInfo::deserialize_boxed(de)?,
+                    )
                 }
                 Table::DeviceFileEvents => {
-                    Event::DeviceFileEvents(Box::new(decode_row(properties)?))
+                    Event::DeviceFileEvents(DeviceFileEvents::deserialize_boxed(de)?)
                 }
                 Table::DeviceImageLoadEvents => {
-                    Event::DeviceImageLoadEvents(Box::new(decode_row(properties)?))
+                    Event::DeviceImageLoadEvents(
+                        DeviceImageLoadEvents::deserialize_boxed(de)?,
+                    )
                 }
-                Table::DeviceInfo => Event::DeviceInfo(Box::new(decode_row(properties)?)),
+                Table::DeviceInfo => {
+                    Event::DeviceInfo(DeviceInfo::deserialize_boxed(de)?)
+                }
                 Table::DeviceLogonEvents => {
-                    Event::DeviceLogonEvents(Box::new(decode_row(properties)?))
+                    Event::DeviceLogonEvents(DeviceLogonEvents::deserialize_boxed(de)?)
                 }
                 Table::DeviceNetworkEvents => {
-                    Event::DeviceNetworkEvents(Box::new(decode_row(properties)?))
+                    Event::DeviceNetworkEvents(
+                        DeviceNetworkEvents::deserialize_boxed(de)?,
+                    )
                 }
                 Table::DeviceNetworkInfo => {
-                    Event::DeviceNetworkInfo(Box::new(decode_row(properties)?))
+                    Event::DeviceNetworkInfo(DeviceNetworkInfo::deserialize_boxed(de)?)
                 }
                 Table::DeviceProcessEvents => {
-                    Event::DeviceProcessEvents(Box::new(decode_row(properties)?))
+                    Event::DeviceProcessEvents(
+                        DeviceProcessEvents::deserialize_boxed(de)?,
+                    )
                 }
                 Table::DeviceRegistryEvents => {
-                    Event::DeviceRegistryEvents(Box::new(decode_row(properties)?))
+                    Event::DeviceRegistryEvents(
+                        DeviceRegistryEvents::deserialize_boxed(de)?,
+                    )
                 }
                 Table::EmailAttachmentInfo => {
-                    Event::EmailAttachmentInfo(Box::new(decode_row(properties)?))
+                    Event::EmailAttachmentInfo(
+                        EmailAttachmentInfo::deserialize_boxed(de)?,
+                    )
                 }
                 Table::EmailEvents => {
-                    Event::EmailEvents(Box::new(decode_row(properties)?))
+                    Event::EmailEvents(EmailEvents::deserialize_boxed(de)?)
                 }
                 Table::EmailPostDeliveryEvents => {
-                    Event::EmailPostDeliveryEvents(Box::new(decode_row(properties)?))
+                    Event::EmailPostDeliveryEvents(
+                        EmailPostDeliveryEvents::deserialize_boxed(de)?,
+                    )
                 }
                 Table::EmailUrlInfo => {
-                    Event::EmailUrlInfo(Box::new(decode_row(properties)?))
+                    Event::EmailUrlInfo(EmailUrlInfo::deserialize_boxed(de)?)
                 }
                 Table::IdentityDirectoryEvents => {
-                    Event::IdentityDirectoryEvents(Box::new(decode_row(properties)?))
+                    Event::IdentityDirectoryEvents(
+                        IdentityDirectoryEvents::deserialize_boxed(de)?,
+                    )
                 }
                 Table::IdentityInfo => {
-                    Event::IdentityInfo(Box::new(decode_row(properties)?))
+                    Event::IdentityInfo(IdentityInfo::deserialize_boxed(de)?)
                 }
                 Table::IdentityLogonEvents => {
-                    Event::IdentityLogonEvents(Box::new(decode_row(properties)?))
+                    Event::IdentityLogonEvents(
+                        IdentityLogonEvents::deserialize_boxed(de)?,
+                    )
                 }
                 Table::IdentityQueryEvents => {
-                    Event::IdentityQueryEvents(Box::new(decode_row(properties)?))
+                    Event::IdentityQueryEvents(
+                        IdentityQueryEvents::deserialize_boxed(de)?,
+                    )
                 }
                 Table::MessageEvents => {
-                    Event::MessageEvents(Box::new(decode_row(properties)?))
+                    Event::MessageEvents(MessageEvents::deserialize_boxed(de)?)
                 }
                 Table::MessagePostDeliveryEvents => {
-                    Event::MessagePostDeliveryEvents(Box::new(decode_row(properties)?))
+                    Event::MessagePostDeliveryEvents(
+                        MessagePostDeliveryEvents::deserialize_boxed(de)?,
+                    )
                 }
                 Table::MessageUrlInfo => {
-                    Event::MessageUrlInfo(Box::new(decode_row(properties)?))
+                    Event::MessageUrlInfo(MessageUrlInfo::deserialize_boxed(de)?)
                 }
                 Table::UrlClickEvents => {
-                    Event::UrlClickEvents(Box::new(decode_row(properties)?))
+                    Event::UrlClickEvents(UrlClickEvents::deserialize_boxed(de)?)
                 }
             },
         )

@@ -262,62 +262,133 @@ impl Serialize for UrlClickEvents {
 }
 impl<'de> Deserialize<'de> for UrlClickEvents {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::deserialize_boxed(deserializer).map(|row| *row)
+    }
+}
+impl UrlClickEvents {
+    /// Decodes straight into a box: rows are large, and `Event` holds them boxed.
+    pub(crate) fn deserialize_boxed<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Box<Self>, D::Error> {
         deserializer.deserialize_map(UrlClickEventsVisitor)
     }
 }
 struct UrlClickEventsVisitor;
 impl<'de> Visitor<'de> for UrlClickEventsVisitor {
-    type Value = UrlClickEvents;
+    type Value = Box<UrlClickEvents>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a UrlClickEvents row (a JSON object)")
     }
     fn visit_map<A: MapAccess<'de>>(
         self,
         mut map: A,
-    ) -> Result<UrlClickEvents, A::Error> {
-        let mut row = UrlClickEvents::default();
+    ) -> Result<Box<UrlClickEvents>, A::Error> {
+        let mut row = Box::<UrlClickEvents>::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match key.as_str() {
-                "Timestamp" => {
-                    take(&mut map, &mut row.timestamp, "Timestamp")?;
+            match key.as_str().len() {
+                3usize => {
+                    match key.as_str() {
+                        "Url" => {
+                            take(&mut map, &mut row.url, "Url")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Url" => {
-                    take(&mut map, &mut row.url, "Url")?;
+                8usize => {
+                    match key.as_str() {
+                        "Workload" => {
+                            take(&mut map, &mut row.workload, "Workload")?;
+                        }
+                        "UrlChain" => {
+                            take(&mut map, &mut row.url_chain, "UrlChain")?;
+                        }
+                        "ReportId" => {
+                            take(&mut map, &mut row.report_id, "ReportId")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ActionType" => {
-                    take(&mut map, &mut row.action_type, "ActionType")?;
+                9usize => {
+                    match key.as_str() {
+                        "Timestamp" => {
+                            take(&mut map, &mut row.timestamp, "Timestamp")?;
+                        }
+                        "IPAddress" => {
+                            take(&mut map, &mut row.ip_address, "IPAddress")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "AccountUpn" => {
-                    take(&mut map, &mut row.account_upn, "AccountUpn")?;
+                10usize => {
+                    match key.as_str() {
+                        "ActionType" => {
+                            take(&mut map, &mut row.action_type, "ActionType")?;
+                        }
+                        "AccountUpn" => {
+                            take(&mut map, &mut row.account_upn, "AccountUpn")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "Workload" => {
-                    take(&mut map, &mut row.workload, "Workload")?;
+                11usize => {
+                    match key.as_str() {
+                        "ThreatTypes" => {
+                            take(&mut map, &mut row.threat_types, "ThreatTypes")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "NetworkMessageId" => {
-                    take(&mut map, &mut row.network_message_id, "NetworkMessageId")?;
+                12usize => {
+                    match key.as_str() {
+                        "MachineGroup" => {
+                            take(&mut map, &mut row.machine_group, "MachineGroup")?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "ThreatTypes" => {
-                    take(&mut map, &mut row.threat_types, "ThreatTypes")?;
+                16usize => {
+                    match key.as_str() {
+                        "NetworkMessageId" => {
+                            take(
+                                &mut map,
+                                &mut row.network_message_id,
+                                "NetworkMessageId",
+                            )?;
+                        }
+                        "DetectionMethods" => {
+                            take(
+                                &mut map,
+                                &mut row.detection_methods,
+                                "DetectionMethods",
+                            )?;
+                        }
+                        "IsClickedThrough" => {
+                            take(
+                                &mut map,
+                                &mut row.is_clicked_through,
+                                "IsClickedThrough",
+                            )?;
+                        }
+                        _ => {
+                            take_unknown(&mut map, &mut row.unknown, key)?;
+                        }
+                    }
                 }
-                "DetectionMethods" => {
-                    take(&mut map, &mut row.detection_methods, "DetectionMethods")?;
+                _ => {
+                    take_unknown(&mut map, &mut row.unknown, key)?;
                 }
-                "IPAddress" => {
-                    take(&mut map, &mut row.ip_address, "IPAddress")?;
-                }
-                "IsClickedThrough" => {
-                    take(&mut map, &mut row.is_clicked_through, "IsClickedThrough")?;
-                }
-                "UrlChain" => {
-                    take(&mut map, &mut row.url_chain, "UrlChain")?;
-                }
-                "ReportId" => {
-                    take(&mut map, &mut row.report_id, "ReportId")?;
-                }
-                "MachineGroup" => {
-                    take(&mut map, &mut row.machine_group, "MachineGroup")?;
-                }
-                _ => take_unknown(&mut map, &mut row.unknown, key)?,
             }
         }
         Ok(row)
