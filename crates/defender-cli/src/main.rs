@@ -5,6 +5,7 @@ mod cmd;
 mod input;
 mod progress;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -60,6 +61,33 @@ enum Command {
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
+    /// Run a local Event Hubs emulator (AMQP on loopback), optionally loaded with Defender data.
+    ///
+    /// Prints a connection string as the first line of output (the Rust and Python Event Hubs
+    /// clients accept it; it carries `UseDevelopmentEmulator=true`), then serves until stopped.
+    #[command(
+        after_help = "Examples:\n  defender emulate --load fixtures/\n  defender emulate --bind 127.0.0.1:5672 --hub defender --partitions 8 --load export.ndjson --data-dir ./hub-data"
+    )]
+    Emulate {
+        /// Address to listen on (loopback only; port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:5672")]
+        bind: SocketAddr,
+        /// The event hub to serve.
+        #[arg(long, default_value = "defender")]
+        hub: String,
+        /// Number of partitions.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        partitions: u32,
+        /// Files or folders of Defender data to preload (message bodies, NDJSON or JSON arrays).
+        #[arg(long, value_name = "PATH")]
+        load: Vec<PathBuf>,
+        /// Keep events in this folder, so they survive a restart.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Records per preloaded message (Defender sends about 100).
+        #[arg(long, default_value_t = 100)]
+        records_per_message: usize,
+    },
 }
 
 fn parse_table(s: &str) -> Result<Table, String> {
@@ -75,6 +103,22 @@ fn main() -> ExitCode {
             Ok(true)
         }
         Command::Validate { json, paths } => cmd::validate::run(&cmd::validate::Args { paths, json }),
+        Command::Emulate {
+            bind,
+            hub,
+            partitions,
+            load,
+            data_dir,
+            records_per_message,
+        } => cmd::emulate::run(&cmd::emulate::Args {
+            bind,
+            hub,
+            partitions,
+            load,
+            data_dir,
+            records_per_message,
+        })
+        .map(|()| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -22,7 +22,7 @@ fn record(i: usize) -> String {
     let sec = i % 60;
     let frac = 1_000_000 + i * 7919 % 8_999_999;
     let hash = format!("{:040x}", (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c));
-    let additional = if i % 3 == 0 {
+    let additional = if i.is_multiple_of(3) {
         "null".to_owned()
     } else {
         format!(

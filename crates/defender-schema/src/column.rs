@@ -138,10 +138,11 @@ impl ColumnType for String {
 fn integer_from_f64<T: TryFrom<i64>>(v: f64) -> Fit<T> {
     // Only whole numbers well inside i64 are unambiguous; `12.0` in a FileSize column is one.
     #[allow(clippy::cast_possible_truncation)]
-    if v.fract() == 0.0 && v.abs() < 9.0e15 {
-        if let Ok(n) = T::try_from(v as i64) {
-            return Fit::Coerced(n);
-        }
+    if v.fract() == 0.0
+        && v.abs() < 9.0e15
+        && let Ok(n) = T::try_from(v as i64)
+    {
+        return Fit::Coerced(n);
     }
     Fit::No
 }

@@ -85,3 +85,34 @@ where
         Err(e) => Err(de::Error::custom(format_args!("{COLUMN_ERROR_PREFIX}{key}`: {e}"))),
     }
 }
+
+/// The `visit_*` methods for everything but an object, in a visitor whose `Value` is a
+/// `Result<_, _>`: each consumes the value and answers `Ok(Err($make(kind)))`, so the pass over the
+/// rest of the input goes on and the caller learns what arrived instead.
+macro_rules! reject_non_objects {
+    ($make:expr) => {
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(Err(($make)(crate::JsonKind::Array)))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Err(($make)(crate::JsonKind::Bool)))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Err(($make)(crate::JsonKind::Number)))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Err(($make)(crate::JsonKind::Number)))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Err(($make)(crate::JsonKind::Number)))
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Err(($make)(crate::JsonKind::String)))
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Err(($make)(crate::JsonKind::Null)))
+        }
+    };
+}
+pub(crate) use reject_non_objects;

@@ -33,10 +33,8 @@ impl Dynamic {
     /// Classifies a string: JSON content when it is an object or array that parses, else text.
     pub fn from_text(text: String) -> Self {
         let looks_like_json = matches!(text.trim_start().as_bytes().first(), Some(b'{' | b'['));
-        if looks_like_json {
-            if let Ok(value) = serde_json::from_str::<Value>(&text) {
-                return Dynamic::JsonString { text, value };
-            }
+        if looks_like_json && let Ok(value) = serde_json::from_str::<Value>(&text) {
+            return Dynamic::JsonString { text, value };
         }
         Dynamic::Text(text)
     }

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::de::Key;
@@ -223,10 +223,10 @@ impl<'de> Visitor<'de> for RecordVisitor {
                 "time" => Some((&mut f.time, "time")),
                 _ => None,
             };
-            if let Some((slot, name)) = slot {
-                if slot.replace(value).is_some() {
-                    f.duplicate.get_or_insert(name);
-                }
+            if let Some((slot, name)) = slot
+                && slot.replace(value).is_some()
+            {
+                f.duplicate.get_or_insert(name);
             }
             if f.first_key.is_none() {
                 f.first_key = Some(key.0);
@@ -236,28 +236,7 @@ impl<'de> Visitor<'de> for RecordVisitor {
         Ok(Ok(f))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Err(RecordError::NotAnObject(JsonKind::Array)))
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Err(RecordError::NotAnObject(JsonKind::Bool)))
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(Err(RecordError::NotAnObject(JsonKind::Number)))
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(Err(RecordError::NotAnObject(JsonKind::Number)))
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Err(RecordError::NotAnObject(JsonKind::Number)))
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(Err(RecordError::NotAnObject(JsonKind::String)))
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(Err(RecordError::NotAnObject(JsonKind::Null)))
-    }
+    crate::de::reject_non_objects!(RecordError::NotAnObject);
 }
 
 /// The one-pass split. `Ok(None)` asks for the two-pass path.

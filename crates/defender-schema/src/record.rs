@@ -189,7 +189,7 @@ mod typed_body {
 
     use super::{BodyDecodeError, Envelope, Record, RecordDecodeError};
     use crate::de::{Key, take, take_unknown};
-    use crate::{BodyError, DecodeError, Event, JsonKind, RecordError, Table};
+    use crate::{BodyError, DecodeError, Event, RecordError, Table};
 
     /// Where the pass is, so an error that aborts it can name the record and table.
     #[derive(Default)]
@@ -381,28 +381,7 @@ mod typed_body {
             }))
         }
 
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            Ok(Err(RecordError::NotAnObject(JsonKind::Array).into()))
-        }
-        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(Err(RecordError::NotAnObject(JsonKind::Bool).into()))
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(Err(RecordError::NotAnObject(JsonKind::Number).into()))
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(Err(RecordError::NotAnObject(JsonKind::Number).into()))
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(Err(RecordError::NotAnObject(JsonKind::Number).into()))
-        }
-        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-            Ok(Err(RecordError::NotAnObject(JsonKind::String).into()))
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(Err(RecordError::NotAnObject(JsonKind::Null).into()))
-        }
+        crate::de::reject_non_objects!(|kind| RecordDecodeError::from(RecordError::NotAnObject(kind)));
     }
 
     /// Decodes `properties` straight into the table's row; anything but an object is a bad record.
@@ -426,27 +405,6 @@ mod typed_body {
         fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
             Event::decode_from(self.0, de::value::MapAccessDeserializer::new(map)).map(Ok)
         }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            Ok(Err(RecordError::PropertiesNotObject(JsonKind::Array)))
-        }
-        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(Err(RecordError::PropertiesNotObject(JsonKind::Bool)))
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(Err(RecordError::PropertiesNotObject(JsonKind::Number)))
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(Err(RecordError::PropertiesNotObject(JsonKind::Number)))
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(Err(RecordError::PropertiesNotObject(JsonKind::Number)))
-        }
-        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-            Ok(Err(RecordError::PropertiesNotObject(JsonKind::String)))
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(Err(RecordError::PropertiesNotObject(JsonKind::Null)))
-        }
+        crate::de::reject_non_objects!(RecordError::PropertiesNotObject);
     }
 }

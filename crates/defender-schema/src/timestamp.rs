@@ -102,7 +102,7 @@ impl From<DateTime<Utc>> for Timestamp {
     /// Keeps the instant as is, printed with 7 digits when it fits in them (Defender's style),
     /// 9 otherwise.
     fn from(utc: DateTime<Utc>) -> Self {
-        let frac_digits = if utc.nanosecond() % 100 == 0 { 7 } else { 9 };
+        let frac_digits = if utc.nanosecond().is_multiple_of(100) { 7 } else { 9 };
         Self { utc, frac_digits }
     }
 }
