@@ -13,10 +13,12 @@ mod backoff;
 pub mod blob;
 pub mod checkpoint;
 mod connection;
+mod identity;
 mod reader;
 
 pub use backoff::Backoff;
 pub use connection::{Connection, ConnectionError, Secret, Target};
+pub use identity::Identity;
 pub use reader::{
     Balancing, Batch, Event, PartitionKey, Plan, Position, Reader, ReaderConfig, ReaderError, StartFrom, plan,
 };
