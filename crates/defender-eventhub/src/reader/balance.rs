@@ -28,7 +28,7 @@ impl Plan {
 /// the division is not exact.
 fn share(partitions: usize, owners: usize) -> (usize, usize) {
     let min = partitions / owners;
-    (min, min + usize::from(partitions % owners != 0))
+    (min, min + usize::from(!partitions.is_multiple_of(owners)))
 }
 
 /// Plans one cycle for `me`.
