@@ -544,9 +544,8 @@ async fn survives_an_azurite_outage() {
     assert_eq!(checkpoints[0].sequence_number, Some(2));
 }
 
-/// The Python store itself, both ways. Run it with a Python that has the SDK:
-/// `python3 -m venv /tmp/py && /tmp/py/bin/pip install azure-eventhub-checkpointstoreblob==1.2.0`, then
-/// `DEFENDER_CHECKPOINT_PYTHON=/tmp/py/bin/python cargo test -p defender-eventhub --test checkpoint_blob -- --ignored`.
+/// The Python store itself, both ways. Runs when `DEFENDER_CHECKPOINT_PYTHON` names a Python with
+/// the SDK (`.ci/run` sets one up: `pip install azure-eventhub-checkpointstoreblob==1.2.0`).
 const PYTHON_INTEROP: &str = r#"
 import sys, json
 from azure.eventhub.extensions.checkpointstoreblob import BlobCheckpointStore
@@ -568,10 +567,11 @@ store.update_checkpoint({"fully_qualified_namespace": ns, "eventhub_name": hub, 
 "#;
 
 #[tokio::test]
-#[ignore = "needs a Python with azure-eventhub-checkpointstoreblob: set DEFENDER_CHECKPOINT_PYTHON"]
 async fn the_python_sdk_reads_and_writes_our_blobs() {
-    let python =
-        std::env::var("DEFENDER_CHECKPOINT_PYTHON").expect("set DEFENDER_CHECKPOINT_PYTHON to a python binary");
+    let Ok(python) = std::env::var("DEFENDER_CHECKPOINT_PYTHON") else {
+        println!("skipped: set DEFENDER_CHECKPOINT_PYTHON to a python with azure-eventhub-checkpointstoreblob");
+        return;
+    };
     let (azurite, client) = azurite_with("interop").await;
     let store = BlobCheckpointStore::new(client);
     let (ns, hub, group) = ("Interop.ServiceBus.Windows.Net", "MyHub", "$Default");
