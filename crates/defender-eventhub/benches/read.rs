@@ -31,9 +31,9 @@ fn body(first: usize) -> Vec<u8> {
     format!(r#"{{"records":[{}]}}"#, records.join(",")).into_bytes()
 }
 
+#[allow(clippy::cast_precision_loss)] // counts far below 2^52
 fn rate(what: &str, records: usize, bytes: usize, took: Duration) {
     let s = took.as_secs_f64();
-    #[allow(clippy::cast_precision_loss)]
     let (r, b) = (records as f64, bytes as f64);
     println!(
         "{what:<44} {records:>8} records in {s:6.2} s = {:>9.0} records/s, {:>7.1} MB/s ({:>6.0} events/s)",
@@ -112,6 +112,7 @@ async fn reader(emulator: &Emulator, records: usize, prefetch: u32) -> Duration 
     took
 }
 
+#[allow(clippy::cast_precision_loss)] // counts far below 2^52
 fn main() {
     let records: usize = std::env::args()
         .skip_while(|a| a != "--records")

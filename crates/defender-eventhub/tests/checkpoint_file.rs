@@ -67,7 +67,7 @@ async fn child_writer() {
         }
         // Ownership records are rewritten too (a renewal chain that must never break).
         round += 1;
-        if round % 4 == 0 {
+        if round.is_multiple_of(4) {
             let claim = Ownership {
                 fully_qualified_namespace: NS.to_owned(),
                 event_hub_name: HUB.to_owned(),

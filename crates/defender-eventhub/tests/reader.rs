@@ -29,7 +29,7 @@ fn config(emulator: &Emulator, owner: &str) -> ReaderConfig {
         emulator.connection_string("defender"),
     )));
     c.start = StartFrom::Earliest;
-    c.owner_id = owner.to_owned();
+    owner.clone_into(&mut c.owner_id);
     c.balancing = Balancing {
         update_interval: Duration::from_millis(300),
         expiry: Duration::from_secs(3),
@@ -155,17 +155,18 @@ async fn dropped_connections_lose_and_skip_nothing() {
         delivered.lock().unwrap().records().len() == total
     })
     .await;
-    let d = delivered.lock().unwrap();
-    assert_eq!(d.records(), (0..next).collect());
-    assert_eq!(
-        d.count(),
-        total,
-        "replays after reconnects are dropped, not delivered twice"
-    );
-    for seqs in d.event_seqs.values() {
-        assert!(seqs.windows(2).all(|w| w[0] + 1 == w[1]), "no gap, no repeat: {seqs:?}");
+    {
+        let d = delivered.lock().unwrap();
+        assert_eq!(d.records(), (0..next).collect());
+        assert_eq!(
+            d.count(),
+            total,
+            "replays after reconnects are dropped, not delivered twice"
+        );
+        for seqs in d.event_seqs.values() {
+            assert!(seqs.windows(2).all(|w| w[0] + 1 == w[1]), "no gap, no repeat: {seqs:?}");
+        }
     }
-    drop(d);
     reader.write().await.take().unwrap().shutdown().await;
     emulator.shutdown().await;
 }

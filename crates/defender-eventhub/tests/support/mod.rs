@@ -18,7 +18,7 @@ pub fn init_logs() {
         .try_init();
 }
 
-/// A message body of `count` DeviceEvents records numbered from `first` (the `Seq` column).
+/// A message body of `count` `DeviceEvents` records numbered from `first` (the `Seq` column).
 pub fn body(first: u64, count: u64) -> Vec<u8> {
     let records: Vec<String> = (first..first + count)
         .map(|n| {
