@@ -39,6 +39,8 @@ const BATCH_FORMAT: u32 = 0x8001_3700;
 const LISTENER_MSS: u32 = 16384;
 /// How long a request waits for its reply link to attach.
 const REPLY_LINK_WAIT: Duration = Duration::from_secs(10);
+/// How long a request waits for a reply link on its own session before taking one elsewhere.
+const REPLY_ELSEWHERE_AFTER: Duration = Duration::from_secs(1);
 /// How long we wait for a peer to answer a detach, end or close.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Events read from a partition per lock.
@@ -214,41 +216,46 @@ impl ConnCtx {
         lock(&self.routes).retain(|r| r.id != id);
     }
 
-    /// The best reply link: the one whose target is `reply_to` on the request's session, else on
-    /// any session, else one on that node on the request's session, else on any session. The
-    /// Rust client runs concurrent put-tokens on separate sessions that all reply to
-    /// `rust_amqp_cbs`: only the session tells them apart.
+    /// The reply link for a request: on the request's session, the one whose target is
+    /// `reply_to`, else the one on that node. With `anywhere`, links on other sessions of the
+    /// connection count too (a client may keep its reply link on another session).
     fn find_route(
         &self,
         session: u64,
         service: Service,
         reply_to: Option<&str>,
+        anywhere: bool,
     ) -> Option<mpsc::UnboundedSender<Message<Body<Value>>>> {
         let routes = lock(&self.routes);
         let named = |r: &&Route| reply_to.is_some() && r.address.as_deref() == reply_to;
         let on_node = |r: &&Route| r.service == service;
-        let here = |r: &&Route| r.session == session;
-        routes
-            .iter()
-            .rev()
-            .find(|r| named(r) && here(r))
-            .or_else(|| routes.iter().rev().find(named))
+        let here = |r: &&Route| anywhere || r.session == session;
+        let found = routes.iter().rev().find(|r| named(r) && here(r));
+        found
             .or_else(|| routes.iter().rev().find(|r| on_node(r) && here(r)))
-            .or_else(|| routes.iter().rev().find(on_node))
             .map(|r| r.tx.clone())
     }
 
-    /// Sends a reply (see [`ConnCtx::find_route`]; Python sends no `reply-to`). Waits a while for
-    /// the reply link to attach.
+    /// Sends a reply on its reply link (see [`ConnCtx::find_route`]; Python sends no `reply-to`).
+    ///
+    /// The Rust client opens a session per put-token, attaches its request and reply links and
+    /// sends at once, so the request can be read before the reply link is attached; and every
+    /// such session replies to `rust_amqp_cbs`, so a reply link of the same name on an older
+    /// session (about to close) must not take the reply. Hence: wait for the link on the
+    /// request's session, and only after [`REPLY_ELSEWHERE_AFTER`] look at other sessions.
     async fn reply(&self, session: u64, service: Service, reply_to: Option<&str>, message: Message<Body<Value>>) {
-        let deadline = Instant::now() + REPLY_LINK_WAIT;
+        let start = Instant::now();
+        let elsewhere = start + REPLY_ELSEWHERE_AFTER;
+        let deadline = start + REPLY_LINK_WAIT;
         loop {
             let notified = self.routes_changed.notified();
-            if let Some(tx) = self.find_route(session, service, reply_to) {
+            let anywhere = Instant::now() >= elsewhere;
+            if let Some(tx) = self.find_route(session, service, reply_to, anywhere) {
                 let _ = tx.send(message);
                 return;
             }
-            if timeout_at(deadline, notified).await.is_err() {
+            let wake = if anywhere { deadline } else { elsewhere };
+            if timeout_at(wake, notified).await.is_err() && wake == deadline {
                 tracing::warn!(?service, ?reply_to, "no reply link attached; dropping the reply");
                 return;
             }
@@ -858,6 +865,7 @@ async fn writer_link(mut receiver: Receiver, hub: Arc<Hub>, partition: Option<us
             }
         };
         let format = delivery.message_format().unwrap_or(0);
+        tracing::debug!(format, "DBG producer delivery");
         let (info, message) = delivery.into_parts();
         let outcome = if shared.store.is_closed() {
             Err(amqp_error(AmqpError::IllegalState, "the emulator is shutting down"))
@@ -875,6 +883,7 @@ async fn writer_link(mut receiver: Receiver, hub: Arc<Hub>, partition: Option<us
             tracing::debug!(%error, "disposition not sent");
             return;
         }
+        tracing::debug!("DBG producer disposed");
     }
 }
 

@@ -359,6 +359,10 @@ async fn client_recovers_after_connections_are_dropped() {
 /// Events appended with a data directory are there after a restart on the same directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_survive_a_restart() {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     eprintln!("STEP 1 {:?}", std::time::Instant::now());
     let with_dir = |config: &mut defender_emulator::EmulatorConfig| config.data_dir = Some(dir.path().to_owned());

@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// An object key, borrowed from the input when it has no escapes.
@@ -116,3 +116,31 @@ macro_rules! reject_non_objects {
     };
 }
 pub(crate) use reject_non_objects;
+
+/// Visits a message body, `{"records": [...], ...}`: hands `records` to the seed, skips every
+/// other field, refuses a second `records`. `None` when there is no `records` at all.
+pub(crate) struct BodyVisitor<S>(pub S);
+
+impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for BodyVisitor<S> {
+    type Value = Option<S::Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object with a `records` array")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seed = Some(self.0);
+        let mut records = None;
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            if key.as_str() == "records" {
+                let Some(seed) = seed.take() else {
+                    return Err(de::Error::custom("`records` appears twice"));
+                };
+                records = Some(map.next_value_seed(seed)?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(records)
+    }
+}

@@ -244,47 +244,22 @@ mod fast {
     use std::borrow::Cow;
     use std::fmt;
 
-    use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 
-    use super::{BadRecord, BodyError, Fields, Key, RecordVisitor, Split, body_error};
+    use super::{BadRecord, BodyError, Fields, RecordVisitor, Split, body_error};
     use crate::RecordError;
+    use crate::de::BodyVisitor;
 
     pub(super) fn split(text: &str) -> Result<Option<Split<'_>>, BodyError> {
         let mut de = serde_json::Deserializer::from_str(text);
-        let out = (&mut de).deserialize_map(BodyVisitor { text }).map_err(body_error)?;
+        let out = (&mut de)
+            .deserialize_map(BodyVisitor(RecordsSeed { text }))
+            .map_err(body_error)?;
         de.end().map_err(body_error)?;
         match out {
             Some(Some(records)) => Ok(Some(records)),
             Some(None) => Ok(None),
             None => Err(BodyError::NotEnvelope("no `records` field".into())),
-        }
-    }
-
-    struct BodyVisitor<'t> {
-        text: &'t str,
-    }
-
-    impl<'de> Visitor<'de> for BodyVisitor<'de> {
-        /// `None`: no `records`; `Some(None)`: fall back to two passes.
-        type Value = Option<Option<Split<'de>>>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("an object with a `records` array")
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut records = None;
-            while let Some(key) = map.next_key::<Key<'de>>()? {
-                if key.as_str() == "records" {
-                    if records.is_some() {
-                        return Err(de::Error::custom("`records` appears twice"));
-                    }
-                    records = Some(map.next_value_seed(RecordsSeed { text: self.text })?);
-                } else {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-            Ok(records)
         }
     }
 

@@ -188,7 +188,7 @@ mod typed_body {
     use serde_json::value::RawValue;
 
     use super::{BodyDecodeError, Envelope, Record, RecordDecodeError};
-    use crate::de::{Key, take, take_unknown};
+    use crate::de::{BodyVisitor, Key, take, take_unknown};
     use crate::{BodyError, DecodeError, Event, RecordError, Table};
 
     /// Where the pass is, so an error that aborts it can name the record and table.
@@ -211,7 +211,7 @@ mod typed_body {
         };
         let mut de = serde_json::Deserializer::from_str(text);
         let out = (&mut de)
-            .deserialize_map(BodyVisitor(&progress))
+            .deserialize_map(BodyVisitor(RecordsSeed(&progress)))
             .and_then(|out| de.end().map(|()| out));
         match out {
             Ok(Some(records)) => records
@@ -229,31 +229,6 @@ mod typed_body {
                 serde_json::error::Category::Data => BodyError::NotEnvelope(e.to_string()).into(),
                 _ => BodyError::Json(e).into(),
             }),
-        }
-    }
-
-    struct BodyVisitor<'p>(&'p Progress);
-
-    impl<'de> Visitor<'de> for BodyVisitor<'_> {
-        type Value = Option<Vec<Result<Record, RecordDecodeError>>>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("an object with a `records` array")
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut records = None;
-            while let Some(key) = map.next_key::<Key<'de>>()? {
-                if key.as_str() == "records" {
-                    if records.is_some() {
-                        return Err(de::Error::custom("`records` appears twice"));
-                    }
-                    records = Some(map.next_value_seed(RecordsSeed(self.0))?);
-                } else {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-            Ok(records)
         }
     }
 
