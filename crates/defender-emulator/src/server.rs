@@ -43,6 +43,13 @@ const REPLY_LINK_WAIT: Duration = Duration::from_secs(10);
 const REPLY_ELSEWHERE_AFTER: Duration = Duration::from_secs(1);
 /// How long we wait for a peer to answer a detach, end or close.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// How long we hold back the disposition of a message a client sent.
+///
+/// fe2o3 (the Rust client's AMQP stack) records a sent delivery as unsettled only after the
+/// transfer went to its session task. On loopback a disposition can come back before that: the
+/// client then drops it and waits forever for the outcome (`send_batch`, or the put-token before
+/// opening a link, hangs; seen about once in ten test runs). A real service is never this fast.
+const DISPOSITION_DELAY: Duration = Duration::from_millis(2);
 /// Events read from a partition per lock.
 const READ_CHUNK: usize = 128;
 
@@ -865,8 +872,8 @@ async fn writer_link(mut receiver: Receiver, hub: Arc<Hub>, partition: Option<us
             }
         };
         let format = delivery.message_format().unwrap_or(0);
-        tracing::debug!(format, "DBG producer delivery");
         let (info, message) = delivery.into_parts();
+        tokio::time::sleep(DISPOSITION_DELAY).await;
         let outcome = if shared.store.is_closed() {
             Err(amqp_error(AmqpError::IllegalState, "the emulator is shutting down"))
         } else {
@@ -883,7 +890,6 @@ async fn writer_link(mut receiver: Receiver, hub: Arc<Hub>, partition: Option<us
             tracing::debug!(%error, "disposition not sent");
             return;
         }
-        tracing::debug!("DBG producer disposed");
     }
 }
 
@@ -931,6 +937,7 @@ async fn request_link(mut receiver: Receiver, session: u64, service: Service, ct
             }
         };
         let (info, request) = delivery.into_parts();
+        tokio::time::sleep(DISPOSITION_DELAY).await;
         if let Err(error) = receiver.accept(info).await {
             tracing::debug!(%error, "disposition not sent");
             return;

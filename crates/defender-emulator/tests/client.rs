@@ -359,17 +359,10 @@ async fn client_recovers_after_connections_are_dropped() {
 /// Events appended with a data directory are there after a restart on the same directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_survive_a_restart() {
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_test_writer()
-        .try_init();
     let dir = tempfile::tempdir().unwrap();
-    eprintln!("STEP 1 {:?}", std::time::Instant::now());
     let with_dir = |config: &mut defender_emulator::EmulatorConfig| config.data_dir = Some(dir.path().to_owned());
-    eprintln!("STEP 2 {:?}", std::time::Instant::now());
 
     let emulator = start_with(&[("durable", 2)], with_dir).await;
-    eprintln!("STEP 3 {:?}", std::time::Instant::now());
     emulator
         .append(
             "durable",
@@ -378,7 +371,6 @@ async fn events_survive_a_restart() {
         )
         .unwrap();
     let producer = producer(&emulator, "durable").await;
-    eprintln!("STEP 4 {:?}", std::time::Instant::now());
     let batch = producer
         .create_batch(Some(EventDataBatchOptions {
             partition_id: Some("1".into()),
@@ -395,35 +387,24 @@ async fn events_survive_a_restart() {
         assert!(batch.try_add_event_data(event, None).unwrap());
     }
     producer.send_batch(batch, None).await.unwrap();
-    eprintln!("STEP 5 {:?}", std::time::Instant::now());
     producer.close().await.unwrap();
-    eprintln!("STEP 6 {:?}", std::time::Instant::now());
     let before = emulator.partitions("durable").unwrap();
-    eprintln!("STEP 7 {:?}", std::time::Instant::now());
     emulator.shutdown().await;
-    eprintln!("STEP 8 {:?}", std::time::Instant::now());
 
     let emulator = start_with(&[("durable", 2)], with_dir).await;
-    eprintln!("STEP 9 {:?}", std::time::Instant::now());
     assert_eq!(emulator.partitions("durable").unwrap(), before);
-    eprintln!("STEP 10 {:?}", std::time::Instant::now());
     emulator
         .append("durable", Some("1"), vec![b"after-restart".to_vec()])
         .unwrap();
 
     let consumer = consumer(&emulator, "durable").await;
-    eprintln!("STEP 11 {:?}", std::time::Instant::now());
     let p0 = open(&consumer, "0", from_earliest(300)).await;
-    eprintln!("STEP 12 {:?}", std::time::Instant::now());
     let p1 = open(&consumer, "1", from_earliest(300)).await;
-    eprintln!("STEP 13 {:?}", std::time::Instant::now());
     let (e0, e1) = tokio::join!(receive_n(&p0, 2), receive_n(&p1, 4));
-    eprintln!("STEP 14 {:?}", std::time::Instant::now());
     assert_eq!(
         e0.iter().map(|e| (seq(e), body(e))).collect::<Vec<_>>(),
         vec![(0, b"in-process-0".to_vec()), (1, b"in-process-1".to_vec())]
     );
-    eprintln!("STEP 15 {:?}", std::time::Instant::now());
     assert_eq!(
         e1.iter().map(|e| (seq(e), body(e))).collect::<Vec<_>>(),
         vec![
@@ -433,20 +414,13 @@ async fn events_survive_a_restart() {
             (3, b"after-restart".to_vec())
         ]
     );
-    eprintln!("STEP 16 {:?}", std::time::Instant::now());
     // What the producer set on its events is kept.
     let data = e1[2].event_data();
-    eprintln!("STEP 17 {:?}", std::time::Instant::now());
     assert_eq!(data.content_type(), Some("application/json"));
-    eprintln!("STEP 18 {:?}", std::time::Instant::now());
     assert!(data.properties().is_some_and(|p| p.contains_key("index")));
-    eprintln!("STEP 19 {:?}", std::time::Instant::now());
     assert_eq!(e1[2].offset(), &Some(before[1].last_offset.clone()));
-    eprintln!("STEP 20 {:?}", std::time::Instant::now());
     let _ = consumer.close().await;
-    eprintln!("STEP 21 {:?}", std::time::Instant::now());
     emulator.shutdown().await;
-    eprintln!("STEP 22 {:?}", std::time::Instant::now());
 }
 
 /// Events far above the client's 64 KiB frames go out as multi-frame deliveries (every frame
