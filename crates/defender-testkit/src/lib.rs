@@ -1,4 +1,5 @@
-//! Test helpers for the workspace: a local [Azurite] Blob emulator on 127.0.0.1.
+//! Test helpers for the workspace: a local [Azurite] Blob emulator on 127.0.0.1, and
+//! [`Intake`], an imitation of the Sekoia.io HTTP intake (module [`intake`]).
 //!
 //! [`Azurite::start`] finds `node` (or `DEFENDER_NODE`), installs Azurite 3.35 into
 //! `<workspace>/target/tools` with `npm install` when it is missing (or uses the installation in
@@ -21,6 +22,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
+
+pub mod intake;
+pub use intake::{Faults, Intake};
 
 /// The emulator's account.
 pub const ACCOUNT_NAME: &str = "devstoreaccount1";

@@ -272,31 +272,14 @@ impl Reader {
     /// (and writes nothing) when this instance no longer holds the partition under the
     /// ownership that read it, or when the reader has no store.
     pub async fn checkpoint(&self, position: &Position) -> Result<bool, ReaderError> {
-        let Some(store) = &self.shared.store else {
-            return Ok(false);
-        };
-        let held = self
-            .shared
-            .lock_owned()
-            .get(&position.partition.partition_id)
-            .is_some_and(|o| o.generation == position.generation);
-        if !held {
-            tracing::debug!(partition = %position.partition, "not checkpointing: ownership changed");
-            return Ok(false);
+        self.shared.checkpoint(position).await
+    }
+
+    /// A handle that checkpoints for this reader from other tasks.
+    pub fn checkpointer(&self) -> Checkpointer {
+        Checkpointer {
+            shared: self.shared.clone(),
         }
-        let p = &position.partition;
-        store
-            .update_checkpoint(Checkpoint {
-                fully_qualified_namespace: p.namespace.clone(),
-                event_hub_name: p.hub.clone(),
-                consumer_group: p.consumer_group.clone(),
-                partition_id: p.partition_id.clone(),
-                offset: position.offset.clone(),
-                sequence_number: Some(position.sequence_number),
-            })
-            .await
-            .map_err(ReaderError::Store)?;
-        Ok(true)
     }
 
     /// Stops reading (no new batches), keeping ownership so that the caller can still
@@ -344,6 +327,27 @@ impl Reader {
     }
 }
 
+/// Checkpoints for a running [`Reader`] from any task; see [`Reader::checkpoint`].
+#[derive(Clone)]
+pub struct Checkpointer {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Checkpointer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Checkpointer")
+            .field("hub", &self.shared.target.hub)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Checkpointer {
+    /// As [`Reader::checkpoint`].
+    pub async fn checkpoint(&self, position: &Position) -> Result<bool, ReaderError> {
+        self.shared.checkpoint(position).await
+    }
+}
+
 impl Drop for Reader {
     fn drop(&mut self) {
         self.shared.stop.cancel();
@@ -354,6 +358,33 @@ impl Drop for Reader {
 }
 
 impl Shared {
+    async fn checkpoint(&self, position: &Position) -> Result<bool, ReaderError> {
+        let Some(store) = &self.store else {
+            return Ok(false);
+        };
+        let held = self
+            .lock_owned()
+            .get(&position.partition.partition_id)
+            .is_some_and(|o| o.generation == position.generation);
+        if !held {
+            tracing::debug!(partition = %position.partition, "not checkpointing: ownership changed");
+            return Ok(false);
+        }
+        let p = &position.partition;
+        store
+            .update_checkpoint(Checkpoint {
+                fully_qualified_namespace: p.namespace.clone(),
+                event_hub_name: p.hub.clone(),
+                consumer_group: p.consumer_group.clone(),
+                partition_id: p.partition_id.clone(),
+                offset: position.offset.clone(),
+                sequence_number: Some(position.sequence_number),
+            })
+            .await
+            .map_err(ReaderError::Store)?;
+        Ok(true)
+    }
+
     fn lock_owned(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Owned>> {
         self.owned.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }

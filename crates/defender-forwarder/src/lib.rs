@@ -1,0 +1,20 @@
+//! The forwarder: sources (Event Hubs) -> split and route per table -> sinks (Sekoia.io intake,
+//! local archive, stdout), at least once.
+//!
+//! The one invariant everything here serves: **a checkpoint never passes an undelivered event.**
+//! Every event read gets a [`Ticket`](delivery::Ticket); every sink that routes any of its records
+//! holds an [`Ack`](delivery::Ack) for it and acknowledges only once the records are delivered (or
+//! dead-lettered). The per-source [`tracker`] turns completed tickets into checkpoints, highest
+//! contiguous position first.
+#![forbid(unsafe_code)]
+
+pub mod archive;
+pub mod config;
+pub mod deadletter;
+pub mod delivery;
+pub mod metrics;
+pub mod pipeline;
+pub mod route;
+pub mod sink;
+pub mod source;
+pub mod tracker;

@@ -1,0 +1,165 @@
+//! `defender-forwarder --config FILE`: runs the pipeline until SIGINT/SIGTERM (or idle).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use defender_forwarder::config::Config;
+use defender_forwarder::pipeline::{self, RunOptions};
+use tokio_util::sync::CancellationToken;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Forwards Microsoft Defender XDR advanced-hunting events from Azure Event Hubs to Sekoia.io,
+/// a local archive and stdout, at least once: a checkpoint never passes an undelivered event.
+#[derive(Debug, Parser)]
+#[command(version, after_help = "Examples:\n  defender-forwarder --config examples/forward-to-sekoia.toml\n  defender-forwarder --config examples/archive.toml --exit-when-idle 30 --metrics 9464\n\nConfiguration reference: docs/configuration.md")]
+struct Args {
+    /// The configuration file (TOML; `${VAR}` and `${VAR:-default}` read the environment).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Exit (after delivering and checkpointing) once nothing new arrived for SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    exit_when_idle: Option<f64>,
+    /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` on PORT (127.0.0.1) or ADDR:PORT.
+    #[arg(long, value_name = "[ADDR:]PORT")]
+    metrics: Option<String>,
+    /// Log format on standard error.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logs(args.log_format);
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let metrics_addr = match args.metrics.as_deref().map(parse_metrics_addr).transpose() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: --metrics: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let exit_when_idle = match args.exit_when_idle {
+        Some(s) if !(s.is_finite() && s >= 0.0) => {
+            eprintln!("error: --exit-when-idle: expected a number of seconds, got {s}");
+            return ExitCode::from(2);
+        }
+        s => s.map(Duration::from_secs_f64),
+    };
+    if args.check_config {
+        println!(
+            "configuration OK: {} source(s), {} sink(s)",
+            config.sources.len(),
+            config.sinks.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let stop = CancellationToken::new();
+        tokio::spawn(signals(stop.clone()));
+        let options = RunOptions {
+            exit_when_idle,
+            metrics_addr,
+            stop,
+        };
+        match pipeline::run(config, options).await {
+            Ok(summary) => {
+                let out: Vec<String> = summary
+                    .records_out
+                    .iter()
+                    .map(|(sink, n)| format!("{sink}={n}"))
+                    .collect();
+                tracing::info!(
+                    records_in = summary.records_in,
+                    delivered = %out.join(" "),
+                    dead_letters = summary.dead_letters,
+                    clean = summary.clean,
+                    "stopped"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot run");
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("`{s}` is neither a port nor ADDR:PORT"))
+}
+
+/// The first SIGINT/SIGTERM drains and exits; a second one exits at once.
+async fn signals(stop: CancellationToken) {
+    let mut seen = false;
+    loop {
+        wait_signal().await;
+        if seen {
+            eprintln!("second signal: exiting without draining (undelivered events are read again on the next start)");
+            std::process::exit(130);
+        }
+        seen = true;
+        tracing::info!("signal received: draining (send it again to exit at once)");
+        stop.cancel();
+    }
+}
+
+#[cfg(unix)]
+async fn wait_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn init_logs(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("DEFENDER_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info,azure_messaging_eventhubs=warn,azure_core_amqp=warn,fe2o3_amqp=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

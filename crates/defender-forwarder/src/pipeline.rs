@@ -1,0 +1,291 @@
+//! Wires a [`Config`] into running sources, routers, sinks and trackers, and shuts them down in
+//! the order that keeps the invariant: stop reading, deliver what was read, checkpoint it, exit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use azure_messaging_eventhubs::CheckpointStore;
+use defender_eventhub::blob::BlobClient;
+use defender_eventhub::checkpoint::{BlobCheckpointStore, FileCheckpointStore};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config};
+use crate::deadletter::{DeadLetters, create_private_dir};
+use crate::metrics::Metrics;
+use crate::route::Route;
+use crate::sink::{self, SinkContext};
+use crate::source::{self, RouterShared, SinkPort};
+
+/// How the forwarder runs besides its configuration.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Exit once nothing new arrived for this long and everything read is delivered.
+    pub exit_when_idle: Option<Duration>,
+    /// Serve `/metrics`, `/healthz`, `/readyz` here.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Cancel to shut down (SIGINT/SIGTERM in the binary).
+    pub stop: CancellationToken,
+}
+
+/// Failures that stop the forwarder.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwarderError {
+    /// A directory or file could not be created.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What it is for.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The checkpoint store could not be opened.
+    #[error("checkpoint store: {0}")]
+    Store(String),
+    /// A source could not start.
+    #[error("source `{source_name}`: {message}")]
+    Source {
+        /// The source.
+        source_name: String,
+        /// Why.
+        message: String,
+    },
+    /// A sink could not start.
+    #[error("sink `{sink}`: {message}")]
+    Sink {
+        /// The sink.
+        sink: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Records read.
+    pub records_in: u64,
+    /// Records delivered, per sink.
+    pub records_out: Vec<(String, u64)>,
+    /// Dead letters written.
+    pub dead_letters: u64,
+    /// Whether the shutdown finished within its deadline.
+    pub clean: bool,
+}
+
+/// The running sinks.
+struct Sinks {
+    ports: Vec<SinkPort>,
+    tasks: Vec<(Arc<str>, JoinHandle<()>)>,
+}
+
+fn start_sinks(config: &Config, dead_letters: &DeadLetters, metrics: &Arc<Metrics>) -> Result<Sinks, ForwarderError> {
+    let mut ports = Vec::new();
+    let mut tasks = Vec::new();
+    for s in &config.sinks {
+        let name: Arc<str> = Arc::from(s.name());
+        let ctx = SinkContext {
+            name: name.clone(),
+            dead_letters: dead_letters.clone(),
+            metrics: metrics.clone(),
+        };
+        let (tx, rx) = mpsc::channel(sink::QUEUE);
+        let err = |message: String| ForwarderError::Sink {
+            sink: name.to_string(),
+            message,
+        };
+        let task = match s {
+            config::Sink::Sekoia(c) => {
+                let opts = sink::sekoia::options(c).map_err(err)?;
+                tokio::spawn(sink::sekoia::run(ctx, opts, rx))
+            }
+            config::Sink::Files(c) => {
+                let (archive, opts) = sink::files::open(c).map_err(err)?;
+                tokio::spawn(sink::files::run(ctx, archive, opts, rx))
+            }
+            config::Sink::Stdout(_) => tokio::spawn(sink::stdout::run(ctx, rx)),
+        };
+        ports.push(SinkPort {
+            name: name.clone(),
+            route: Route::from_config(s.tables()),
+            tx,
+        });
+        tasks.push((name, task));
+    }
+    Ok(Sinks { ports, tasks })
+}
+
+fn open_store(config: &Config, state_dir: &std::path::Path) -> Result<Arc<dyn CheckpointStore>, ForwarderError> {
+    if config.checkpoints.kind.as_deref() == Some("blob") {
+        {
+            let cs = config.checkpoints.connection_string.as_ref().expect("checked");
+            let container = config.checkpoints.container.as_deref().expect("checked");
+            let client = BlobClient::from_connection_string(cs.0.expose(), container)
+                .map_err(|e| ForwarderError::Store(e.to_string()))?;
+            Ok(Arc::new(BlobCheckpointStore::new(client)))
+        }
+    } else {
+        {
+            let dir = config
+                .checkpoints
+                .dir
+                .as_ref()
+                .map_or_else(|| state_dir.join("checkpoints"), |d| PathBuf::from(&d.0));
+            let store = FileCheckpointStore::open(&dir).map_err(|e| ForwarderError::Store(e.to_string()))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// Runs the forwarder until `options.stop` is cancelled (or it is idle, with `exit_when_idle`).
+pub async fn run(config: Config, options: RunOptions) -> Result<Summary, ForwarderError> {
+    let started = Instant::now();
+    let state_dir = PathBuf::from(&config.state_dir.0);
+    create_private_dir(&state_dir).map_err(|source| ForwarderError::Io {
+        what: "cannot create the state directory",
+        path: state_dir.clone(),
+        source,
+    })?;
+    let dead_letters = DeadLetters::open(&state_dir).map_err(|source| ForwarderError::Io {
+        what: "cannot create the dead-letter directory",
+        path: state_dir.join("dead-letters"),
+        source,
+    })?;
+    let metrics = Arc::new(Metrics::default());
+    let stop = options.stop.clone();
+    if let Some(addr) = options.metrics_addr {
+        let bound = crate::metrics::serve(metrics.clone(), addr, stop.child_token())
+            .await
+            .map_err(|source| ForwarderError::Io {
+                what: "cannot serve metrics on",
+                path: PathBuf::from(addr.to_string()),
+                source,
+            })?;
+        tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
+    }
+    let store = open_store(&config, &state_dir)?;
+    let sinks = start_sinks(&config, &dead_letters, &metrics)?;
+
+    let t = &config.forwarder;
+    let memory_kib = u32::try_from(t.max_in_flight_mib.map_or(64, |n| n.0).max(1).saturating_mul(1024))
+        .unwrap_or(u32::MAX >> 4);
+    let checkpoint_interval = t.checkpoint_interval.map_or(Duration::from_secs(1), |s| s.0);
+    let shutdown_timeout = t.shutdown_timeout.map_or(Duration::from_secs(30), |s| s.0);
+    let last_activity = Arc::new(AtomicU64::new(0));
+    let memory = Arc::new(Semaphore::new(memory_kib as usize));
+    let shared = RouterShared {
+        sinks: sinks.ports.clone(),
+        memory: memory.clone(),
+        memory_kib,
+        dead_letters: dead_letters.clone(),
+        metrics: metrics.clone(),
+        check_records: t.check_records.is_some_and(|f| f.0),
+        last_activity: last_activity.clone(),
+        started,
+    };
+
+    let read_stop = CancellationToken::new();
+    let mut hubs = Vec::new();
+    for s in &config.sources {
+        let name: Arc<str> = Arc::from(s.name());
+        match s {
+            config::Source::Eventhub(c) => {
+                let rc = source::eventhub::reader_config(c).map_err(|message| ForwarderError::Source {
+                    source_name: name.to_string(),
+                    message,
+                })?;
+                let running = source::eventhub::start(
+                    name.clone(),
+                    rc,
+                    store.clone(),
+                    shared.clone(),
+                    checkpoint_interval,
+                    read_stop.clone(),
+                )
+                .await
+                .map_err(|e| ForwarderError::Source {
+                    source_name: name.to_string(),
+                    message: error_chain(&e),
+                })?;
+                hubs.push(running.task);
+            }
+        }
+    }
+    drop(shared);
+    metrics.set_ready(true);
+
+    // Wait for a stop, or for idleness.
+    let idle_check = Duration::from_millis(200);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(idle_check) => {
+                if let Some(idle) = options.exit_when_idle {
+                    let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
+                    let quiet = started.elapsed().saturating_sub(last);
+                    // Caught up: nothing new for `idle`, and nothing read is still undelivered.
+                    if quiet >= idle && memory.available_permits() == memory_kib as usize {
+                        tracing::info!(idle = ?idle, "nothing new arrived; exiting");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    metrics.set_ready(false);
+    tracing::info!("shutting down: delivering and checkpointing what was read");
+    read_stop.cancel();
+    let Sinks { ports, tasks } = sinks;
+    drop(ports);
+    let drain = async {
+        for h in hubs {
+            let _ = h.await;
+        }
+        for (_, t) in tasks {
+            let _ = t.await;
+        }
+    };
+    let clean = if tokio::time::timeout(shutdown_timeout, drain).await.is_ok() {
+        true
+    } else {
+        tracing::warn!(timeout = ?shutdown_timeout, "shutdown deadline passed; what was not delivered is read again on the next start");
+        false
+    };
+    let records_out = config
+        .sinks
+        .iter()
+        .map(|s| {
+            (
+                s.name().to_owned(),
+                metrics.counter("defender_records_out_total", &[("sink", s.name())]),
+            )
+        })
+        .collect();
+    Ok(Summary {
+        records_in: metrics.counter("defender_records_in_total", &[]),
+        records_out,
+        dead_letters: dead_letters.written(),
+        clean,
+    })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,65 @@
+//! Sinks: each runs as one task fed by a bounded channel of [`Delivery`]s, and acknowledges a
+//! delivery only once its records are delivered or dead-lettered.
+
+pub mod files;
+pub mod sekoia;
+pub mod stdout;
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::deadletter::DeadLetters;
+use crate::delivery::Delivery;
+use crate::metrics::Metrics;
+use crate::route::Route;
+
+/// What every sink gets besides its own settings.
+#[derive(Debug, Clone)]
+pub struct SinkContext {
+    /// The sink's name (metrics, logs, dead letters).
+    pub name: Arc<str>,
+    /// Where records it gives up on go.
+    pub dead_letters: DeadLetters,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// A running sink as the router sees it.
+#[derive(Debug)]
+pub struct SinkHandle {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Which records it takes.
+    pub route: Route,
+    /// Where its deliveries go.
+    pub tx: mpsc::Sender<Delivery>,
+    /// The task; it ends once every sender is dropped and everything is delivered.
+    pub task: JoinHandle<()>,
+}
+
+/// Deliveries a sink may have queued before the router waits (backpressure).
+pub const QUEUE: usize = 16;
+
+/// Counts delivered records per table on the sink's metrics.
+pub(crate) fn count_out<'a>(
+    ctx: &SinkContext,
+    tables: impl Iterator<Item = (&'a crate::delivery::TableId, usize)>,
+) -> (u64, u64) {
+    let mut per_table: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    let mut records = 0;
+    let mut bytes = 0;
+    for (t, len) in tables {
+        *per_table.entry(t.name()).or_default() += 1;
+        records += 1;
+        bytes += len as u64;
+    }
+    for (table, n) in per_table {
+        ctx.metrics
+            .add("defender_records_out_total", &[("sink", &ctx.name), ("table", table)], n);
+    }
+    ctx.metrics.add("defender_bytes_out_total", &[("sink", &ctx.name)], bytes);
+    ctx.metrics.add("defender_batches_out_total", &[("sink", &ctx.name)], 1);
+    (records, bytes)
+}

@@ -1,0 +1,216 @@
+//! Sources, and the router every source feeds: split message bodies into records, route each
+//! record to the sinks that take its table, and register the unit with the source's tracker.
+
+pub mod eventhub;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use defender_schema::split_body;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::deadletter::{DeadLetters, Entry};
+use crate::delivery::{Day, Delivery, Origin, Record, TableId};
+use crate::metrics::Metrics;
+use crate::route::Route;
+use crate::tracker::TrackerHandle;
+
+/// The dead-letter "sink" name for what no sink could be chosen for (a broken body or record).
+pub const FORWARDER: &str = "forwarder";
+
+/// A sink as the router feeds it.
+#[derive(Debug, Clone)]
+pub struct SinkPort {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Which tables it takes.
+    pub route: Route,
+    /// Its queue.
+    pub tx: mpsc::Sender<Delivery>,
+}
+
+/// Message bodies read together from one stream, ending at `position`.
+#[derive(Debug)]
+pub struct Unit<P> {
+    /// The stream (partition) key, as the tracker knows it.
+    pub stream: String,
+    /// Where the stream is once this unit is delivered.
+    pub position: P,
+    /// The bodies with where each came from.
+    pub bodies: Vec<(Bytes, Arc<Origin>)>,
+}
+
+/// What every router of the pipeline shares.
+#[derive(Debug, Clone)]
+pub struct RouterShared {
+    /// The sinks.
+    pub sinks: Vec<SinkPort>,
+    /// In-flight budget in KiB of message bodies.
+    pub memory: Arc<Semaphore>,
+    /// Its size.
+    pub memory_kib: u32,
+    /// Dead letters.
+    pub dead_letters: DeadLetters,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Decode every record and count type drift.
+    pub check_records: bool,
+    /// Milliseconds since start of the last unit routed (for `--exit-when-idle`).
+    pub last_activity: Arc<AtomicU64>,
+    /// When the pipeline started.
+    pub started: Instant,
+}
+
+/// Routes the units of one source.
+#[derive(Debug)]
+pub struct Router<P> {
+    source: Arc<str>,
+    shared: RouterShared,
+    tracker: TrackerHandle<P>,
+    unknown: HashMap<String, Arc<str>>,
+}
+
+impl<P: Send + 'static> Router<P> {
+    /// A router for `source`.
+    pub fn new(source: Arc<str>, shared: RouterShared, tracker: TrackerHandle<P>) -> Self {
+        Router {
+            source,
+            shared,
+            tracker,
+            unknown: HashMap::new(),
+        }
+    }
+
+    /// Routes one unit: waits for in-flight budget, splits, hands records to sinks (waiting while
+    /// their queues are full), dead-letters what is broken.
+    pub async fn route(&mut self, unit: Unit<P>) {
+        let read_at = Instant::now();
+        let bytes: usize = unit.bodies.iter().map(|(b, _)| b.len()).sum();
+        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).clamp(1, self.shared.memory_kib);
+        let permit = self
+            .shared
+            .memory
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .expect("the budget is never closed");
+        self.touch();
+        let ack = self.tracker.register(&unit.stream, unit.position, Some(permit));
+        let m = &*self.shared.metrics.clone();
+        m.add("defender_events_in_total", &[("source", &self.source)], unit.bodies.len() as u64);
+        m.add("defender_bytes_in_total", &[("source", &self.source)], bytes as u64);
+
+        let mut per_sink: Vec<Vec<Record>> = vec![Vec::new(); self.shared.sinks.len()];
+        let mut dead = Vec::new();
+        let mut per_table: HashMap<TableId, u64> = HashMap::new();
+        for (body, origin) in &unit.bodies {
+            match split_body(body) {
+                Err(e) => dead.push(Entry::new(FORWARDER, origin, None, e.to_string(), body)),
+                Ok(records) => {
+                    for r in records {
+                        let r = match r {
+                            Ok(r) => r,
+                            Err(bad) => {
+                                let reason = format!("record {} of the message: {}", bad.index, bad.error);
+                                dead.push(Entry::new(FORWARDER, origin, None, reason, bad.raw.as_bytes()));
+                                continue;
+                            }
+                        };
+                        let table = match r.table() {
+                            Some(t) => TableId::Known(t),
+                            None => TableId::Other(self.unknown_name(r.table_name())),
+                        };
+                        if self.shared.check_records {
+                            check(m, &table, &r);
+                        }
+                        *per_table.entry(table.clone()).or_default() += 1;
+                        let record = Record {
+                            raw: body.slice_ref(r.raw().as_bytes()),
+                            day: r.time().and_then(Day::of),
+                            table,
+                            origin: origin.clone(),
+                        };
+                        for (i, sink) in self.shared.sinks.iter().enumerate() {
+                            if sink.route.accepts(&record.table) {
+                                per_sink[i].push(record.clone());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (table, n) in per_table {
+            m.add(
+                "defender_records_in_total",
+                &[("source", &self.source), ("table", table.name())],
+                n,
+            );
+        }
+        if !dead.is_empty() {
+            let n = dead.len() as u64;
+            tracing::warn!(source = %self.source, stream = %unit.stream, count = n, reason = %dead[0].reason, "dead-lettering what is not a Defender record");
+            self.shared.dead_letters.put_until_ok(dead).await;
+            m.add("defender_invalid_records_total", &[("source", &self.source)], n);
+            m.add(
+                "defender_dead_letters_total",
+                &[("sink", FORWARDER), ("reason", "invalid")],
+                n,
+            );
+        }
+        for (records, sink) in per_sink.into_iter().zip(&self.shared.sinks) {
+            if records.is_empty() {
+                continue;
+            }
+            let delivery = Delivery {
+                records,
+                ack: ack.clone(),
+                read_at,
+            };
+            if let Err(mpsc::error::SendError(d)) = sink.tx.send(delivery).await {
+                // The sink stopped (its output closed): the unit stays undelivered.
+                tracing::error!(sink = %sink.name, "sink is gone; its records stay unacknowledged");
+                drop(d);
+            }
+        }
+        ack.ack();
+        self.touch();
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.shared.last_activity.store(ms, Ordering::Relaxed);
+    }
+
+    fn unknown_name(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.unknown.get(name) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name);
+        if self.unknown.len() < 10_000 {
+            self.unknown.insert(name.to_owned(), n.clone());
+        }
+        n
+    }
+}
+
+fn check(m: &Metrics, table: &TableId, r: &defender_schema::RecordRef<'_>) {
+    match r.decode() {
+        Ok(event) => {
+            for d in event.type_drift() {
+                m.add(
+                    "defender_type_drift_total",
+                    &[("table", table.name()), ("column", d.column)],
+                    1,
+                );
+            }
+        }
+        Err(e) => m.add(
+            "defender_type_drift_total",
+            &[("table", table.name()), ("column", e.column.as_deref().unwrap_or("?"))],
+            1,
+        ),
+    }
+}
