@@ -20,5 +20,6 @@ pub use backoff::Backoff;
 pub use connection::{Connection, ConnectionError, Secret, Target};
 pub use identity::Identity;
 pub use reader::{
-    Balancing, Batch, Checkpointer, Event, PartitionKey, Plan, Position, Reader, ReaderConfig, ReaderError, StartFrom, plan,
+    Balancing, Batch, Checkpointer, Event, PartitionKey, Plan, Position, Reader, ReaderConfig, ReaderError, StartFrom,
+    plan,
 };

@@ -162,7 +162,11 @@ impl DeadLetters {
     pub fn files(&self) -> io::Result<Vec<PathBuf>> {
         let mut files = Vec::new();
         let mut days: Vec<PathBuf> = match fs::read_dir(&self.dir) {
-            Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect(),
+            Ok(rd) => rd
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(files),
             Err(e) => return Err(e),
         };
@@ -196,7 +200,13 @@ impl DeadLetters {
 
 fn file_stem(sink: &str) -> String {
     sink.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 

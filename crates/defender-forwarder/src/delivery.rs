@@ -224,7 +224,14 @@ mod tests {
         a.ack();
         assert!(rx.try_recv().is_err(), "one holder left");
         b.ack();
-        assert_eq!(rx.try_recv().unwrap(), Completion { stream: 3, ticket: 7, ok: true });
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Completion {
+                stream: 3,
+                ticket: 7,
+                ok: true
+            }
+        );
     }
 
     #[test]

@@ -16,7 +16,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Forwards Microsoft Defender XDR advanced-hunting events from Azure Event Hubs to Sekoia.io,
 /// a local archive and stdout, at least once: a checkpoint never passes an undelivered event.
 #[derive(Debug, Parser)]
-#[command(version, after_help = "Examples:\n  defender-forwarder --config examples/forward-to-sekoia.toml\n  defender-forwarder --config examples/archive.toml --exit-when-idle 30 --metrics 9464\n\nConfiguration reference: docs/configuration.md")]
+#[command(
+    version,
+    after_help = "Examples:\n  defender-forwarder --config examples/forward-to-sekoia.toml\n  defender-forwarder --config examples/archive.toml --exit-when-idle 30 --metrics 9464\n\nConfiguration reference: docs/configuration.md"
+)]
 struct Args {
     /// The configuration file (TOML; `${VAR}` and `${VAR:-default}` read the environment).
     #[arg(long, short)]
@@ -157,7 +160,9 @@ fn init_logs(format: LogFormat) {
     let filter = EnvFilter::try_from_env("DEFENDER_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info,azure_messaging_eventhubs=warn,azure_core_amqp=warn,fe2o3_amqp=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -17,26 +17,92 @@ type Labels = Vec<(&'static str, String)>;
 /// Help text and type of every metric, in the order they are rendered.
 const FAMILIES: &[(&str, &str, &str)] = &[
     ("defender_events_in_total", "counter", "Messages read from sources."),
-    ("defender_records_in_total", "counter", "Records read, per source and table."),
+    (
+        "defender_records_in_total",
+        "counter",
+        "Records read, per source and table.",
+    ),
     ("defender_bytes_in_total", "counter", "Message bytes read, per source."),
-    ("defender_records_out_total", "counter", "Records delivered, per sink and table."),
-    ("defender_bytes_out_total", "counter", "Record bytes delivered, per sink (before compression)."),
-    ("defender_batches_out_total", "counter", "Requests or flushes that delivered records, per sink."),
-    ("defender_retries_total", "counter", "Delivery attempts that failed and were retried, per sink and reason."),
-    ("defender_dead_letters_total", "counter", "Records written to the dead-letter store, per sink and reason."),
-    ("defender_invalid_records_total", "counter", "Records that are not Defender records, per source."),
-    ("defender_type_drift_total", "counter", "Values whose type differs from the schema, per table and column (check_records)."),
-    ("defender_checkpoints_total", "counter", "Checkpoints written, per source."),
-    ("defender_checkpoint_errors_total", "counter", "Checkpoint writes that failed, per source."),
-    ("defender_delivery_seconds", "histogram", "Time from reading a message to its records' delivery, per sink."),
-    ("defender_partition_read_sequence", "gauge", "Sequence number of the last event read, per partition."),
-    ("defender_partition_read_delay_seconds", "gauge", "Enqueued-to-read delay of the last event read, per partition."),
-    ("defender_in_flight_bytes", "gauge", "Message bytes read and not yet delivered everywhere."),
-    ("defender_in_flight_events", "gauge", "Messages read and not yet delivered everywhere."),
-    ("defender_source_up", "gauge", "1 when a source (or hub) is connected and reading."),
+    (
+        "defender_records_out_total",
+        "counter",
+        "Records delivered, per sink and table.",
+    ),
+    (
+        "defender_bytes_out_total",
+        "counter",
+        "Record bytes delivered, per sink (before compression).",
+    ),
+    (
+        "defender_batches_out_total",
+        "counter",
+        "Requests or flushes that delivered records, per sink.",
+    ),
+    (
+        "defender_retries_total",
+        "counter",
+        "Delivery attempts that failed and were retried, per sink and reason.",
+    ),
+    (
+        "defender_dead_letters_total",
+        "counter",
+        "Records written to the dead-letter store, per sink and reason.",
+    ),
+    (
+        "defender_invalid_records_total",
+        "counter",
+        "Records that are not Defender records, per source.",
+    ),
+    (
+        "defender_type_drift_total",
+        "counter",
+        "Values whose type differs from the schema, per table and column (check_records).",
+    ),
+    (
+        "defender_checkpoints_total",
+        "counter",
+        "Checkpoints written, per source.",
+    ),
+    (
+        "defender_checkpoint_errors_total",
+        "counter",
+        "Checkpoint writes that failed, per source.",
+    ),
+    (
+        "defender_delivery_seconds",
+        "histogram",
+        "Time from reading a message to its records' delivery, per sink.",
+    ),
+    (
+        "defender_partition_read_sequence",
+        "gauge",
+        "Sequence number of the last event read, per partition.",
+    ),
+    (
+        "defender_partition_read_delay_seconds",
+        "gauge",
+        "Enqueued-to-read delay of the last event read, per partition.",
+    ),
+    (
+        "defender_in_flight_bytes",
+        "gauge",
+        "Message bytes read and not yet delivered everywhere.",
+    ),
+    (
+        "defender_in_flight_events",
+        "gauge",
+        "Messages read and not yet delivered everywhere.",
+    ),
+    (
+        "defender_source_up",
+        "gauge",
+        "1 when a source (or hub) is connected and reading.",
+    ),
 ];
 
-const BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+const BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
 
 #[derive(Default, Clone)]
 struct Histogram {
@@ -162,7 +228,12 @@ fn fmt_labels(l: &Labels, le: Option<&str>) -> String {
     }
     let mut parts: Vec<String> = l
         .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")))
+        .map(|(k, v)| {
+            format!(
+                "{k}=\"{}\"",
+                v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+            )
+        })
         .collect();
     if let Some(le) = le {
         parts.push(format!("le=\"{le}\""));
@@ -227,14 +298,34 @@ mod tests {
     #[test]
     fn renders_prometheus_text() {
         let m = Metrics::default();
-        m.add("defender_records_out_total", &[("sink", "sekoia"), ("table", "DeviceInfo")], 3);
-        m.add("defender_records_out_total", &[("sink", "sekoia"), ("table", "DeviceInfo")], 2);
+        m.add(
+            "defender_records_out_total",
+            &[("sink", "sekoia"), ("table", "DeviceInfo")],
+            3,
+        );
+        m.add(
+            "defender_records_out_total",
+            &[("sink", "sekoia"), ("table", "DeviceInfo")],
+            2,
+        );
         m.observe("defender_delivery_seconds", &[("sink", "files")], 0.2, 4);
         let text = m.render();
-        assert!(text.contains("defender_records_out_total{sink=\"sekoia\",table=\"DeviceInfo\"} 5\n"), "{text}");
-        assert!(text.contains("defender_delivery_seconds_bucket{sink=\"files\",le=\"0.25\"} 4\n"), "{text}");
-        assert!(text.contains("defender_delivery_seconds_bucket{sink=\"files\",le=\"0.1\"} 0\n"), "{text}");
-        assert!(text.contains("defender_delivery_seconds_count{sink=\"files\"} 4\n"), "{text}");
+        assert!(
+            text.contains("defender_records_out_total{sink=\"sekoia\",table=\"DeviceInfo\"} 5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("defender_delivery_seconds_bucket{sink=\"files\",le=\"0.25\"} 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("defender_delivery_seconds_bucket{sink=\"files\",le=\"0.1\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("defender_delivery_seconds_count{sink=\"files\"} 4\n"),
+            "{text}"
+        );
         assert_eq!(m.counter("defender_records_out_total", &[("sink", "sekoia")]), 5);
     }
 }

@@ -174,8 +174,8 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Summary, Forward
     let sinks = start_sinks(&config, &dead_letters, &metrics)?;
 
     let t = &config.forwarder;
-    let memory_kib = u32::try_from(t.max_in_flight_mib.map_or(64, |n| n.0).max(1).saturating_mul(1024))
-        .unwrap_or(u32::MAX >> 4);
+    let memory_kib =
+        u32::try_from(t.max_in_flight_mib.map_or(64, |n| n.0).max(1).saturating_mul(1024)).unwrap_or(u32::MAX >> 4);
     let checkpoint_interval = t.checkpoint_interval.map_or(Duration::from_secs(1), |s| s.0);
     let shutdown_timeout = t.shutdown_timeout.map_or(Duration::from_secs(30), |s| s.0);
     let last_activity = Arc::new(AtomicU64::new(0));

@@ -157,8 +157,10 @@ async fn run<C: Committer>(
     let mut registering = true;
     loop {
         tokio::select! {
-            // Registrations first: a completion never arrives before its registration is seen.
+            // The timer first, else a busy stream of completions would starve it; then
+            // registrations, so that a completion never arrives before its registration.
             biased;
+            _ = tick.tick() => commit_all(&committer, &mut streams, &names, &stats).await,
             msg = rx.recv(), if registering => match msg {
                 Some(msg) => apply(&mut streams, msg, &stats),
                 None => registering = false,
@@ -174,7 +176,6 @@ async fn run<C: Committer>(
                 }
                 None => break,
             },
-            _ = tick.tick() => commit_all(&committer, &mut streams, &names, &stats).await,
         }
     }
     while let Ok(msg) = rx.try_recv() {
@@ -263,7 +264,13 @@ mod tests {
     }
 
     fn last(log: &Log, stream: &str) -> Option<u32> {
-        log.0.lock().unwrap().iter().rev().find(|(s, _)| s == stream).map(|(_, p)| *p)
+        log.0
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(s, _)| s == stream)
+            .map(|(_, p)| *p)
     }
 
     #[tokio::test]

@@ -8,8 +8,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use defender_eventhub::Secret;
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 thread_local! {
     /// Variables to use instead of the process environment (tests; see [`with_vars`]).
@@ -121,7 +121,8 @@ pub struct Num(pub u64);
 
 impl<'de> Deserialize<'de> for Num {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(Parsed::<u64>::new("a non-negative whole number")).map(Num)
+        d.deserialize_any(Parsed::<u64>::new("a non-negative whole number"))
+            .map(Num)
     }
 }
 
@@ -154,7 +155,11 @@ impl FromStr for Span {
             "m" | "min" => Duration::from_secs(n * 60),
             "h" => Duration::from_secs(n * 3600),
             "d" => Duration::from_secs(n * 86_400),
-            other => return Err(format!("unknown duration unit `{other}` in `{s}` (use ms, s, m, h or d)")),
+            other => {
+                return Err(format!(
+                    "unknown duration unit `{other}` in `{s}` (use ms, s, m, h or d)"
+                ));
+            }
         };
         Ok(Span(d))
     }

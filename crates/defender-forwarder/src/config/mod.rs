@@ -291,7 +291,10 @@ impl Config {
     }
 
     /// [`parse`](Self::parse) with `vars` instead of the process environment.
-    pub fn parse_with_vars(text: &str, vars: std::collections::BTreeMap<String, String>) -> Result<Config, ConfigError> {
+    pub fn parse_with_vars(
+        text: &str,
+        vars: std::collections::BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
         with_vars(vars, || Config::parse(text))
     }
 
@@ -368,7 +371,10 @@ impl Config {
                     let parsed = url::Url::parse(url)
                         .map_err(|e| ConfigError::invalid(format!("{field}.url"), format!("`{url}`: {e}")))?;
                     if !matches!(parsed.scheme(), "http" | "https") {
-                        return Err(ConfigError::invalid(format!("{field}.url"), "must be http:// or https://"));
+                        return Err(ConfigError::invalid(
+                            format!("{field}.url"),
+                            "must be http:// or https://",
+                        ));
                     }
                     if let Some(n) = s.batch_bytes
                         && n.0 > 9 * 1024 * 1024
@@ -433,7 +439,10 @@ fn check_eventhub(field: &str, s: &EventHubSource) -> Result<(), ConfigError> {
         parse_start(start).map_err(|e| ConfigError::invalid(format!("{field}.start"), e))?;
     }
     if s.prefetch.is_some_and(|n| n.0 == 0 || n.0 > u64::from(u32::MAX)) {
-        return Err(ConfigError::invalid(format!("{field}.prefetch"), "must be between 1 and 2^32-1"));
+        return Err(ConfigError::invalid(
+            format!("{field}.prefetch"),
+            "must be between 1 and 2^32-1",
+        ));
     }
     Ok(())
 }

@@ -160,9 +160,9 @@ impl RawConfig {
                     only(&field, &kind, &sekoia_keys)?;
                     sinks.push(Sink::Files(FilesSink {
                         name: s.name,
-                        dir: s
-                            .dir
-                            .ok_or_else(|| ConfigError::invalid(format!("{field}.dir"), "missing: where the archive goes"))?,
+                        dir: s.dir.ok_or_else(|| {
+                            ConfigError::invalid(format!("{field}.dir"), "missing: where the archive goes")
+                        })?,
                         tables: s.tables,
                         retention_days: s.retention_days,
                         retention: s.retention.unwrap_or_default(),

@@ -32,12 +32,17 @@ fn the_sekoia_example_runs_on_its_documented_variables() {
     let Source::Eventhub(hub) = &c.sources[0];
     assert_eq!(hub.consumer_group.as_deref(), Some("$Default"));
     assert_eq!(hub.hub.as_deref(), Some("defender"));
-    let Sink::Sekoia(s) = &c.sinks[0] else { panic!("sekoia sink") };
+    let Sink::Sekoia(s) = &c.sinks[0] else {
+        panic!("sekoia sink")
+    };
     assert_eq!(s.url.as_deref(), Some("https://intake.sekoia.io"));
     assert_eq!(s.intake_key.0.expose(), "intake-key-123");
     // Secrets never print.
     let debug = format!("{c:?}");
-    assert!(!debug.contains("intake-key-123") && !debug.contains("c2VjcmV0"), "{debug}");
+    assert!(
+        !debug.contains("intake-key-123") && !debug.contains("c2VjcmV0"),
+        "{debug}"
+    );
 }
 
 #[test]
@@ -52,7 +57,9 @@ fn the_archive_example_runs_on_its_documented_variables() {
         ]),
     )
     .unwrap();
-    let Sink::Files(f) = &c.sinks[0] else { panic!("files sink") };
+    let Sink::Files(f) = &c.sinks[0] else {
+        panic!("files sink")
+    };
     assert_eq!(&*f.dir, "/tmp/archive");
     assert_eq!(f.retention["DeviceProcessEvents"], Num(30));
     let Source::Eventhub(hub) = &c.sources[0];
@@ -91,14 +98,29 @@ fn bad_fields_are_named() {
         &format!("{MINIMAL}\n[[sinks]]\nkind = \"stdout\"\ntables = {{ include = [\"DeviceProcesEvents\"] }}\n"),
         &[],
     );
-    assert!(e.contains("sinks[0].tables.include[0]") && e.contains("DeviceProcesEvents"), "{e}");
-    let e = err(&format!("{MINIMAL}\n[[sinks]]\nkind = \"files\"\ndir = \"/a\"\nflush_interval = \"3 weeks\"\n"), &[]);
+    assert!(
+        e.contains("sinks[0].tables.include[0]") && e.contains("DeviceProcesEvents"),
+        "{e}"
+    );
+    let e = err(
+        &format!("{MINIMAL}\n[[sinks]]\nkind = \"files\"\ndir = \"/a\"\nflush_interval = \"3 weeks\"\n"),
+        &[],
+    );
     assert!(e.contains("flush_interval") || e.contains("duration"), "{e}");
-    let e = err(&format!("{MINIMAL}\n[[sinks]]\nkind = \"stdout\"\n[[sinks]]\nkind = \"stdout\"\n"), &[]);
+    let e = err(
+        &format!("{MINIMAL}\n[[sinks]]\nkind = \"stdout\"\n[[sinks]]\nkind = \"stdout\"\n"),
+        &[],
+    );
     assert!(e.contains("sinks[1].name"), "{e}");
-    let e = err(&format!("{MINIMAL}\n[[sinks]]\nkind = \"sekoia\"\nintake_key = \"k\"\nurl = \"ftp://x\"\n"), &[]);
+    let e = err(
+        &format!("{MINIMAL}\n[[sinks]]\nkind = \"sekoia\"\nintake_key = \"k\"\nurl = \"ftp://x\"\n"),
+        &[],
+    );
     assert!(e.contains("sinks[0].url"), "{e}");
-    let e = err(&format!("{MINIMAL}\n[[sinks]]\nkind = \"sekoia\"\nintake_key = \"k\"\nbatch_bytes = 20000000\n"), &[]);
+    let e = err(
+        &format!("{MINIMAL}\n[[sinks]]\nkind = \"sekoia\"\nintake_key = \"k\"\nbatch_bytes = 20000000\n"),
+        &[],
+    );
     assert!(e.contains("sinks[0].batch_bytes"), "{e}");
     let e = err(MINIMAL, &[]);
     assert!(e.contains("sinks"), "{e}");
@@ -130,4 +152,3 @@ fn numbers_flags_and_durations_may_come_from_the_environment() {
     let e = err(&text, &[("PREFETCH", "many")]);
     assert!(e.contains("prefetch") && e.contains("many"), "{e}");
 }
-

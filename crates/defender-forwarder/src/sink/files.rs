@@ -141,8 +141,11 @@ async fn append(ctx: &SinkContext, st: &mut State, d: Delivery) {
             .map(|(r, why)| Entry::new(&ctx.name, &r.origin, Some(r.table.name()), why.clone(), &r.raw))
             .collect();
         ctx.dead_letters.put_until_ok(entries).await;
-        ctx.metrics
-            .add("defender_dead_letters_total", &[("sink", &ctx.name), ("reason", "unarchivable")], n);
+        ctx.metrics.add(
+            "defender_dead_letters_total",
+            &[("sink", &ctx.name), ("reason", "unarchivable")],
+            n,
+        );
     }
     st.oldest = Some(st.oldest.map_or(read_at, |t| t.min(read_at)));
     st.acks.push(ack);

@@ -56,10 +56,14 @@ pub(crate) fn count_out<'a>(
         bytes += len as u64;
     }
     for (table, n) in per_table {
-        ctx.metrics
-            .add("defender_records_out_total", &[("sink", &ctx.name), ("table", table)], n);
+        ctx.metrics.add(
+            "defender_records_out_total",
+            &[("sink", &ctx.name), ("table", table)],
+            n,
+        );
     }
-    ctx.metrics.add("defender_bytes_out_total", &[("sink", &ctx.name)], bytes);
+    ctx.metrics
+        .add("defender_bytes_out_total", &[("sink", &ctx.name)], bytes);
     ctx.metrics.add("defender_batches_out_total", &[("sink", &ctx.name)], 1);
     (records, bytes)
 }

@@ -155,9 +155,7 @@ pub async fn run(ctx: SinkContext, opts: SekoiaOptions, mut rx: mpsc::Receiver<D
     let mut pending = Pending::default();
     let mut open = true;
     while open || !pending.records.is_empty() {
-        let linger_left = pending
-            .since
-            .map(|t| shared.opts.linger.saturating_sub(t.elapsed()));
+        let linger_left = pending.since.map(|t| shared.opts.linger.saturating_sub(t.elapsed()));
         tokio::select! {
             d = rx.recv(), if open => match d {
                 Some(d) => add(&shared, &mut pending, d, &slots, &mut tasks).await,
@@ -246,9 +244,18 @@ async fn send(shared: &Arc<Shared>, pending: &mut Pending, slots: &Arc<Semaphore
 
 /// What the intake said about one request.
 enum Outcome {
-    Accepted { ids: Vec<Option<String>> },
-    Retry { reason: &'static str, after: Option<Duration>, detail: String },
-    Refused { status: u16, detail: String },
+    Accepted {
+        ids: Vec<Option<String>>,
+    },
+    Retry {
+        reason: &'static str,
+        after: Option<Duration>,
+        detail: String,
+    },
+    Refused {
+        status: u16,
+        detail: String,
+    },
 }
 
 /// Delivers `records` (as one request or, when refused, as smaller ones) until every record is
@@ -278,11 +285,19 @@ async fn deliver(shared: &Shared, records: Vec<Record>, oldest: Option<Instant>)
                         Vec::new()
                     };
                     if !refused.is_empty() {
-                        dead_letter(&shared.ctx, &refused, "the intake refused this event (no event id in its answer)", "refused_event").await;
+                        dead_letter(
+                            &shared.ctx,
+                            &refused,
+                            "the intake refused this event (no event id in its answer)",
+                            "refused_event",
+                        )
+                        .await;
                     }
                     count_out(
                         &shared.ctx,
-                        records.iter().zip(ids.iter().map(Some).chain(std::iter::repeat(None)))
+                        records
+                            .iter()
+                            .zip(ids.iter().map(Some).chain(std::iter::repeat(None)))
                             .filter(|(_, id)| !matches!(id, Some(None)))
                             .map(|(r, _)| (&r.table, r.raw.len())),
                     );
@@ -298,9 +313,17 @@ async fn deliver(shared: &Shared, records: Vec<Record>, oldest: Option<Instant>)
                 }
                 Outcome::Retry { reason, after, detail } => {
                     attempt += 1;
-                    shared.ctx.metrics.add("defender_retries_total", &[("sink", &shared.ctx.name), ("reason", reason)], 1);
+                    shared.ctx.metrics.add(
+                        "defender_retries_total",
+                        &[("sink", &shared.ctx.name), ("reason", reason)],
+                        1,
+                    );
                     let delay = backoff(attempt, shared.opts.max_backoff, after);
-                    let log = if attempt >= 5 { tracing::Level::ERROR } else { tracing::Level::WARN };
+                    let log = if attempt >= 5 {
+                        tracing::Level::ERROR
+                    } else {
+                        tracing::Level::WARN
+                    };
                     if log == tracing::Level::ERROR {
                         tracing::error!(sink = %shared.ctx.name, attempt, reason, %detail, retry_in = ?delay, events = records.len(), "intake delivery failing; retrying");
                     } else {
@@ -457,8 +480,11 @@ async fn dead_letter(ctx: &SinkContext, records: &[Record], reason: &str, kind: 
         .collect::<Vec<_>>();
     let n = entries.len() as u64;
     ctx.dead_letters.put_until_ok(entries).await;
-    ctx.metrics
-        .add("defender_dead_letters_total", &[("sink", &ctx.name), ("reason", kind)], n);
+    ctx.metrics.add(
+        "defender_dead_letters_total",
+        &[("sink", &ctx.name), ("reason", kind)],
+        n,
+    );
 }
 
 #[cfg(test)]
@@ -467,14 +493,24 @@ mod tests {
 
     #[test]
     fn batch_urls_for_every_region_form() {
-        assert_eq!(batch_url("https://intake.sekoia.io").unwrap().as_str(), "https://intake.sekoia.io/batch");
-        assert_eq!(batch_url("https://intake.sekoia.io/").unwrap().as_str(), "https://intake.sekoia.io/batch");
         assert_eq!(
-            batch_url("https://app.uae1.sekoia.io/api/v1/intake-http").unwrap().as_str(),
+            batch_url("https://intake.sekoia.io").unwrap().as_str(),
+            "https://intake.sekoia.io/batch"
+        );
+        assert_eq!(
+            batch_url("https://intake.sekoia.io/").unwrap().as_str(),
+            "https://intake.sekoia.io/batch"
+        );
+        assert_eq!(
+            batch_url("https://app.uae1.sekoia.io/api/v1/intake-http")
+                .unwrap()
+                .as_str(),
             "https://app.uae1.sekoia.io/api/v1/intake-http/batch"
         );
         assert_eq!(
-            batch_url("https://app.uae1.sekoia.io/api/v1/intake-http/batch").unwrap().as_str(),
+            batch_url("https://app.uae1.sekoia.io/api/v1/intake-http/batch")
+                .unwrap()
+                .as_str(),
             "https://app.uae1.sekoia.io/api/v1/intake-http/batch"
         );
     }
@@ -483,7 +519,10 @@ mod tests {
     fn retry_after_wins_over_backoff_within_bounds() {
         let max = Duration::from_secs(60);
         assert_eq!(backoff(1, max, Some(Duration::from_secs(3))), Duration::from_secs(3));
-        assert_eq!(backoff(1, max, Some(Duration::from_secs(86_400))), Duration::from_secs(600));
+        assert_eq!(
+            backoff(1, max, Some(Duration::from_secs(86_400))),
+            Duration::from_secs(600)
+        );
         for attempt in 1..30 {
             assert!(backoff(attempt, max, None) <= max);
         }

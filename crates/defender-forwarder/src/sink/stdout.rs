@@ -40,7 +40,9 @@ pub async fn run(ctx: SinkContext, mut rx: mpsc::Receiver<Delivery>) {
         }
         count_out(
             &ctx,
-            batch.iter().flat_map(|d| d.records.iter().map(|r| (&r.table, r.raw.len()))),
+            batch
+                .iter()
+                .flat_map(|d| d.records.iter().map(|r| (&r.table, r.raw.len()))),
         );
         for d in batch {
             let n = d.records.len() as u64;

@@ -53,16 +53,18 @@ pub fn reader_config(cfg: &EventHubSource) -> Result<ReaderConfig, String> {
         _ => return Err("no connection settings".to_owned()),
     };
     let mut rc = ReaderConfig::new(connection);
-    rc.hub = cfg.hub.as_ref().map(|h| h.0.trim().to_owned()).filter(|h| !h.is_empty());
+    rc.hub = cfg
+        .hub
+        .as_ref()
+        .map(|h| h.0.trim().to_owned())
+        .filter(|h| !h.is_empty());
     if let Some(cg) = &cfg.consumer_group {
         rc.consumer_group.clone_from(&cg.0);
     }
     if let Some(start) = &cfg.start {
         rc.start = config::parse_start(start)?;
     }
-    rc.prefetch = cfg
-        .prefetch
-        .map_or(300, |n| u32::try_from(n.0).unwrap_or(u32::MAX));
+    rc.prefetch = cfg.prefetch.map_or(300, |n| u32::try_from(n.0).unwrap_or(u32::MAX));
     // A few events per batch keep a unit (and its in-flight memory) small.
     rc.max_batch_events = 16;
     if let Some(owner) = &cfg.owner_id {
@@ -125,7 +127,9 @@ pub async fn start(
     let reader = Reader::start(config, Some(store), tx).await?;
     let hub = reader.target().hub.clone();
     tracing::info!(source = %source, hub = %hub, namespace = %reader.target().namespace, "reading Event Hub");
-    shared.metrics.set("defender_source_up", &[("source", &source), ("hub", &hub)], 1.0);
+    shared
+        .metrics
+        .set("defender_source_up", &[("source", &source), ("hub", &hub)], 1.0);
     let (handle, tracker_task) = tracker::spawn(
         HubCommitter {
             checkpointer: reader.checkpointer(),
@@ -175,7 +179,12 @@ async fn run(
     tracing::info!(source = %source, hub = %hub, "stopped reading");
 }
 
-async fn route_batch(source: &Arc<str>, router: &mut Router<Position>, batch: Batch, metrics: &crate::metrics::Metrics) {
+async fn route_batch(
+    source: &Arc<str>,
+    router: &mut Router<Position>,
+    batch: Batch,
+    metrics: &crate::metrics::Metrics,
+) {
     if batch.events.is_empty() {
         return;
     }

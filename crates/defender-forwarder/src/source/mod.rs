@@ -89,7 +89,9 @@ impl<P: Send + 'static> Router<P> {
     pub async fn route(&mut self, unit: Unit<P>) {
         let read_at = Instant::now();
         let bytes: usize = unit.bodies.iter().map(|(b, _)| b.len()).sum();
-        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).clamp(1, self.shared.memory_kib);
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.shared.memory_kib);
         let permit = self
             .shared
             .memory
@@ -100,7 +102,11 @@ impl<P: Send + 'static> Router<P> {
         self.touch();
         let ack = self.tracker.register(&unit.stream, unit.position, Some(permit));
         let m = &*self.shared.metrics.clone();
-        m.add("defender_events_in_total", &[("source", &self.source)], unit.bodies.len() as u64);
+        m.add(
+            "defender_events_in_total",
+            &[("source", &self.source)],
+            unit.bodies.len() as u64,
+        );
         m.add("defender_bytes_in_total", &[("source", &self.source)], bytes as u64);
 
         let mut per_sink: Vec<Vec<Record>> = vec![Vec::new(); self.shared.sinks.len()];
