@@ -21,6 +21,9 @@ use crate::route::Route;
 use crate::sink::{self, SinkContext};
 use crate::source::{self, RouterShared, SinkPort};
 
+/// Message bytes in flight (read, not yet delivered everywhere) when the configuration says nothing.
+pub const DEFAULT_IN_FLIGHT_MIB: u64 = 32;
+
 /// How the forwarder runs besides its configuration.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -86,7 +89,12 @@ struct Sinks {
     tasks: Vec<(Arc<str>, JoinHandle<()>)>,
 }
 
-fn start_sinks(config: &Config, dead_letters: &DeadLetters, metrics: &Arc<Metrics>) -> Result<Sinks, ForwarderError> {
+fn start_sinks(
+    config: &Config,
+    dead_letters: &DeadLetters,
+    metrics: &Arc<Metrics>,
+    in_flight: usize,
+) -> Result<Sinks, ForwarderError> {
     let mut ports = Vec::new();
     let mut tasks = Vec::new();
     for s in &config.sinks {
@@ -107,7 +115,7 @@ fn start_sinks(config: &Config, dead_letters: &DeadLetters, metrics: &Arc<Metric
                 tokio::spawn(sink::sekoia::run(ctx, opts, rx))
             }
             config::Sink::Files(c) => {
-                let (archive, opts) = sink::files::open(c).map_err(err)?;
+                let (archive, opts) = sink::files::open(c, in_flight).map_err(err)?;
                 tokio::spawn(sink::files::run(ctx, archive, opts, rx))
             }
             config::Sink::Stdout(_) => tokio::spawn(sink::stdout::run(ctx, rx)),
@@ -171,11 +179,10 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Summary, Forward
         tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
     }
     let store = open_store(&config, &state_dir)?;
-    let sinks = start_sinks(&config, &dead_letters, &metrics)?;
-
     let t = &config.forwarder;
-    let memory_kib =
-        u32::try_from(t.max_in_flight_mib.map_or(64, |n| n.0).max(1).saturating_mul(1024)).unwrap_or(u32::MAX >> 4);
+    let in_flight_mib = t.max_in_flight_mib.map_or(DEFAULT_IN_FLIGHT_MIB, |n| n.0).max(1);
+    let memory_kib = u32::try_from(in_flight_mib.saturating_mul(1024)).unwrap_or(u32::MAX >> 4);
+    let sinks = start_sinks(&config, &dead_letters, &metrics, memory_kib as usize * 1024)?;
     let checkpoint_interval = t.checkpoint_interval.map_or(Duration::from_secs(1), |s| s.0);
     let shutdown_timeout = t.shutdown_timeout.map_or(Duration::from_secs(30), |s| s.0);
     let last_activity = Arc::new(AtomicU64::new(0));

@@ -19,11 +19,8 @@ async fn sigkill_at_random_points_loses_nothing() {
         env.sekoia_sink("batch_events = 200"),
         env.files_sink("segment_mib = 1\nsegment_age = \"1s\"")
     ));
-    let mut seed = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();
+    let mut seed = (now.as_secs() ^ u64::from(now.subsec_nanos()) << 20) | 1;
     eprintln!("seed {seed}");
     let rounds = 8;
     for round in 0..rounds {

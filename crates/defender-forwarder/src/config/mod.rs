@@ -33,7 +33,7 @@ pub struct Config {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tuning {
-    /// Message bytes read but not yet delivered by every sink, in MiB (default 64). Reading
+    /// Message bytes read but not yet delivered by every sink, in MiB (default 32). Reading
     /// pauses at this bound: the memory ceiling when a sink is slow or down.
     pub max_in_flight_mib: Option<Num>,
     /// How often delivered positions are checkpointed (default 1s).
@@ -92,7 +92,7 @@ pub struct EventHubSource {
     pub consumer_group: Option<Text>,
     /// Where to start without a checkpoint: `earliest` (default), `latest`, or an RFC 3339 time.
     pub start: Option<Text>,
-    /// Events fetched ahead per partition (default 300).
+    /// Events fetched ahead per partition (default 32; a Defender event holds up to 1 MB).
     pub prefetch: Option<Num>,
     /// This instance's name in ownership records (default: host, pid and a random suffix).
     pub owner_id: Option<Text>,

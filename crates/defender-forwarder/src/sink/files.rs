@@ -23,8 +23,9 @@ pub struct FilesOptions {
     pub max_buffered: usize,
 }
 
-/// Opens (and repairs) the archive of a checked `[[sinks]] kind = "files"` entry.
-pub fn open(c: &FilesSink) -> Result<(Archive, FilesOptions), String> {
+/// Opens (and repairs) the archive of a checked `[[sinks]] kind = "files"` entry. `in_flight` is
+/// the pipeline's in-flight budget: the sink flushes well before holding all of it.
+pub fn open(c: &FilesSink, in_flight: usize) -> Result<(Archive, FilesOptions), String> {
     let mut o = ArchiveOptions::default();
     let small = |n: crate::config::Num| u32::try_from(n.0).unwrap_or(u32::MAX);
     if let Some(n) = c.retention_days {
@@ -50,7 +51,7 @@ pub fn open(c: &FilesSink) -> Result<(Archive, FilesOptions), String> {
         FilesOptions {
             dir,
             flush_interval: c.flush_interval.map_or(Duration::from_secs(1), |s| s.0),
-            max_buffered: 32 * 1024 * 1024,
+            max_buffered: (in_flight / 4).clamp(256 * 1024, 16 * 1024 * 1024),
         },
     ))
 }
