@@ -61,6 +61,28 @@ enum Command {
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
+    /// Try the whole pipeline in seconds, with nothing installed and no Azure account.
+    ///
+    /// Starts an Event Hubs emulator in this process, loads the bundled fixtures (every table),
+    /// and runs the real forwarder over the real AMQP client into a local archive; then prints
+    /// what landed where, per table.
+    #[command(
+        after_help = "Examples:\n  defender demo\n  defender demo --dir /tmp/demo && zstdcat /tmp/demo/archive/EmailEvents/*/*.ndjson.zst"
+    )]
+    Demo {
+        /// Where the archive and state go (cleared when it was made by an earlier demo).
+        #[arg(long, default_value = "defender-demo")]
+        dir: PathBuf,
+        /// Data to load (default: the repository's `fixtures/`).
+        #[arg(long, value_name = "DIR")]
+        fixtures: Option<PathBuf>,
+        /// Partitions of the demo hub.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+        partitions: u32,
+    },
+    /// Show or replay what the forwarder dead-lettered.
+    #[command(subcommand, name = "dead-letter")]
+    DeadLetter(DeadLetterCommand),
     /// Run a local Event Hubs emulator (AMQP on loopback), optionally loaded with Defender data.
     ///
     /// Prints a connection string as the first line of output (the Rust and Python Event Hubs
@@ -90,6 +112,42 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// List the dead letters waiting for a replay, with their reasons.
+    ///
+    /// Exit status: 0 when there are none, 1 when there are some, 2 on error.
+    #[command(
+        after_help = "Examples:\n  defender dead-letter list --config forwarder.toml\n  defender dead-letter list --state-dir /var/lib/defender --json | jq .reason"
+    )]
+    List {
+        /// The forwarder's configuration (for its state directory).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The forwarder's state directory.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// One JSON object per dead letter.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters again, each through the sink that gave it up, as configured now.
+    ///
+    /// Run it after fixing the cause (a wrong intake key, a full disk). What is refused again
+    /// goes back to the store; replayed files move to `dead-letters/replayed/`.
+    #[command(
+        after_help = "Examples:\n  defender dead-letter replay --config forwarder.toml\n  defender dead-letter replay --config forwarder.toml --sink sekoia"
+    )]
+    Replay {
+        /// The forwarder's configuration (its sinks and state directory).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only the dead letters of this sink (repeatable).
+        #[arg(long = "sink", value_name = "NAME")]
+        sinks: Vec<String>,
+    },
+}
+
 fn parse_table(s: &str) -> Result<Table, String> {
     s.parse::<Table>().map_err(|e| e.to_string())
 }
@@ -103,6 +161,28 @@ fn main() -> ExitCode {
             Ok(true)
         }
         Command::Validate { json, paths } => cmd::validate::run(&cmd::validate::Args { paths, json }),
+        Command::Demo {
+            dir,
+            fixtures,
+            partitions,
+        } => cmd::demo::run(&cmd::demo::Args {
+            dir,
+            fixtures,
+            partitions,
+        })
+        .map(|()| true),
+        Command::DeadLetter(DeadLetterCommand::List {
+            config,
+            state_dir,
+            json,
+        }) => cmd::dead_letter::list(&cmd::dead_letter::ListArgs {
+            config,
+            state_dir,
+            json,
+        }),
+        Command::DeadLetter(DeadLetterCommand::Replay { config, sinks }) => {
+            cmd::dead_letter::replay(&cmd::dead_letter::ReplayArgs { config, sinks }).map(|()| true)
+        }
         Command::Emulate {
             bind,
             hub,

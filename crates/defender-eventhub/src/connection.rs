@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use azure_core::credentials::TokenCredential;
-use azure_messaging_eventhubs::{ConnectionString, ConsumerClient};
+use azure_messaging_eventhubs::{ConnectionString, ConsumerClient, ProducerClient, RetryOptions};
 
 /// A secret string: never printed, in `Debug` or anywhere else.
 #[derive(Clone, PartialEq, Eq)]
@@ -139,6 +139,32 @@ impl Connection {
             }
             Connection::Credential { namespace, credential } => {
                 builder.open(namespace, target.hub.clone(), credential.clone()).await
+            }
+        }
+    }
+
+    /// Opens a producer client on `hub`, with the client's own retry policy unless `retry` is
+    /// given (a short one makes an unreachable hub fail fast, with the connection error as cause).
+    pub async fn open_producer(
+        &self,
+        target: &Target,
+        retry: Option<RetryOptions>,
+    ) -> Result<ProducerClient, azure_messaging_eventhubs::EventHubsError> {
+        let mut builder = ProducerClient::builder();
+        if let Some(endpoint) = &target.custom_endpoint {
+            builder = builder.with_custom_endpoint(endpoint.clone());
+        }
+        if let Some(retry) = retry {
+            builder = builder.with_retry_options(retry);
+        }
+        match self {
+            Connection::ConnectionString(secret) => {
+                builder
+                    .open_with_connection_string(secret.expose(), Some(&target.hub))
+                    .await
+            }
+            Connection::Credential { namespace, credential } => {
+                builder.open(namespace, &target.hub, credential.clone()).await
             }
         }
     }

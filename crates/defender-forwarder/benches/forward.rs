@@ -3,6 +3,7 @@
 //! records/s, MB/s, CPU seconds and the forwarder's peak RSS.
 //!
 //! `cargo bench -p defender-forwarder --bench forward` (1,000,000 records; `BENCH_RECORDS=N` to change).
+#![allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -128,8 +129,7 @@ async fn main() {
     .await
     .unwrap();
     let mut bytes = 0u64;
-    let mut p = 0usize;
-    for first in (0..total).step_by(usize::try_from(per_body).unwrap()) {
+    for (p, first) in (0..total).step_by(usize::try_from(per_body).unwrap()).enumerate() {
         let recs: Vec<String> = (first..(first + per_body).min(total))
             .map(|n| record(n, 1024))
             .collect();
@@ -138,7 +138,6 @@ async fn main() {
         emulator
             .append("defender", Some(&(p % 4).to_string()), vec![body])
             .unwrap();
-        p += 1;
     }
     let intake = Intake::start(KEY).await.unwrap();
     intake.set_store_events(false);

@@ -158,7 +158,7 @@ impl DeadLetters {
         Ok(())
     }
 
-    /// Every dead-letter file, oldest day first.
+    /// Every dead-letter file waiting for a replay, oldest day first.
     pub fn files(&self) -> io::Result<Vec<PathBuf>> {
         let mut files = Vec::new();
         let mut days: Vec<PathBuf> = match fs::read_dir(&self.dir) {

@@ -14,6 +14,7 @@ pub mod deadletter;
 pub mod delivery;
 pub mod metrics;
 pub mod pipeline;
+pub mod replay;
 pub mod route;
 pub mod sink;
 pub mod source;

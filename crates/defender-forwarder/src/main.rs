@@ -90,6 +90,7 @@ fn main() -> ExitCode {
             exit_when_idle,
             metrics_addr,
             stop,
+            metrics: None,
         };
         match pipeline::run(config, options).await {
             Ok(summary) => {

@@ -33,6 +33,8 @@ pub struct RunOptions {
     pub metrics_addr: Option<SocketAddr>,
     /// Cancel to shut down (SIGINT/SIGTERM in the binary).
     pub stop: CancellationToken,
+    /// Use these metrics (to watch progress from outside); a fresh registry when `None`.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Failures that stop the forwarder.
@@ -84,12 +86,12 @@ pub struct Summary {
 }
 
 /// The running sinks.
-struct Sinks {
-    ports: Vec<SinkPort>,
-    tasks: Vec<(Arc<str>, JoinHandle<()>)>,
+pub(crate) struct Sinks {
+    pub(crate) ports: Vec<SinkPort>,
+    pub(crate) tasks: Vec<(Arc<str>, JoinHandle<()>)>,
 }
 
-fn start_sinks(
+pub(crate) fn start_sinks(
     config: &Config,
     dead_letters: &DeadLetters,
     metrics: &Arc<Metrics>,
@@ -130,13 +132,20 @@ fn start_sinks(
     Ok(Sinks { ports, tasks })
 }
 
-fn open_store(config: &Config, state_dir: &std::path::Path) -> Result<Arc<dyn CheckpointStore>, ForwarderError> {
+pub(crate) async fn open_store(
+    config: &Config,
+    state_dir: &std::path::Path,
+) -> Result<Arc<dyn CheckpointStore>, ForwarderError> {
     if config.checkpoints.kind.as_deref() == Some("blob") {
         {
             let cs = config.checkpoints.connection_string.as_ref().expect("checked");
             let container = config.checkpoints.container.as_deref().expect("checked");
             let client = BlobClient::from_connection_string(cs.0.expose(), container)
                 .map_err(|e| ForwarderError::Store(e.to_string()))?;
+            // A lacking permission to create is fine when the container exists; the store says so if not.
+            if let Err(e) = client.create_container().await {
+                tracing::warn!(container, error = %e, "could not create the checkpoint container");
+            }
             Ok(Arc::new(BlobCheckpointStore::new(client)))
         }
     } else {
@@ -166,7 +175,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Summary, Forward
         path: state_dir.join("dead-letters"),
         source,
     })?;
-    let metrics = Arc::new(Metrics::default());
+    let metrics = options.metrics.clone().unwrap_or_default();
     let stop = options.stop.clone();
     if let Some(addr) = options.metrics_addr {
         let bound = crate::metrics::serve(metrics.clone(), addr, stop.child_token())
@@ -178,7 +187,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Summary, Forward
             })?;
         tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
     }
-    let store = open_store(&config, &state_dir)?;
+    let store = open_store(&config, &state_dir).await?;
     let t = &config.forwarder;
     let in_flight_mib = t.max_in_flight_mib.map_or(DEFAULT_IN_FLIGHT_MIB, |n| n.0).max(1);
     let memory_kib = u32::try_from(in_flight_mib.saturating_mul(1024)).unwrap_or(u32::MAX >> 4);

@@ -38,7 +38,7 @@ async fn serve(args: &Args) -> Result<()> {
             .load_paths(&args.hub, &args.load, args.records_per_message)
             .context("cannot load the given files")?;
         eprintln!(
-            "loaded {} records from {} files into {} messages ({} records not Defender data, skipped)",
+            "loaded {} records from {} files into {} messages ({} of them not Defender records, loaded as they are)",
             stats.records, stats.files, stats.messages, stats.invalid_records
         );
     }

@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+pub mod dead_letter;
+pub mod demo;
 pub mod emulate;
 pub mod schema;
 pub mod tables;

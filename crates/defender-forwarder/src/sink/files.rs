@@ -127,7 +127,7 @@ async fn append(ctx: &SinkContext, st: &mut State, d: Delivery) {
     let mut rejected: Vec<(Record, String)> = Vec::new();
     for r in records {
         let day = r.day.unwrap_or(today);
-        match archive.append(r.table.name(), day.as_str(), &r.raw) {
+        match archive.append(r.table.name(), day.as_str(), &super::one_line(&r.raw)) {
             Ok(()) => st.counted.push((r.table.clone(), r.raw.len())),
             Err(e) => {
                 let reason = e.to_string();

@@ -42,6 +42,21 @@ pub struct SinkHandle {
 /// Deliveries a sink may have queued before the router waits (backpressure).
 pub const QUEUE: usize = 16;
 
+/// A record as one NDJSON line. A line break can only be whitespace between JSON tokens (inside a
+/// string it is always escaped), so a pretty-printed record becomes one line by turning its line
+/// breaks into spaces: every value stays byte for byte what it was.
+pub fn one_line(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if raw.iter().any(|b| *b == b'\n' || *b == b'\r') {
+        std::borrow::Cow::Owned(
+            raw.iter()
+                .map(|b| if *b == b'\n' || *b == b'\r' { b' ' } else { *b })
+                .collect(),
+        )
+    } else {
+        std::borrow::Cow::Borrowed(raw)
+    }
+}
+
 /// Counts delivered records per table on the sink's metrics.
 pub(crate) fn count_out<'a>(
     ctx: &SinkContext,

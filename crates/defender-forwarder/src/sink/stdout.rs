@@ -22,7 +22,7 @@ pub async fn run(ctx: SinkContext, mut rx: mpsc::Receiver<Delivery>) {
         for d in &batch {
             for r in &d.records {
                 if result.is_ok() {
-                    result = out.write_all(&r.raw).await;
+                    result = out.write_all(&super::one_line(&r.raw)).await;
                 }
                 if result.is_ok() {
                     result = out.write_all(b"\n").await;

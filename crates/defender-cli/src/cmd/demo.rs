@@ -1,0 +1,240 @@
+//! `defender demo`: the whole pipeline on one machine in seconds. An Event Hubs emulator in this
+//! process, loaded with the bundled fixtures (every table), read over AMQP by the official client
+//! and forwarded by the real pipeline into a local archive.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use defender_emulator::{Emulator, EmulatorConfig, HubConfig};
+use defender_forwarder::config::Config;
+use defender_forwarder::metrics::Metrics;
+use defender_forwarder::pipeline::{self, RunOptions};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub struct Args {
+    pub dir: PathBuf,
+    pub fixtures: Option<PathBuf>,
+    pub partitions: u32,
+}
+
+/// Marks a directory the demo made, so that a rerun may clear it and nothing else.
+const MARKER: &str = ".defender-demo";
+
+pub fn run(args: &Args) -> Result<()> {
+    let fixtures = fixtures_dir(args.fixtures.as_deref())?;
+    prepare(&args.dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(demo(args, &fixtures))
+}
+
+fn fixtures_dir(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = given {
+        if !p.is_dir() {
+            bail!("fixtures folder {} does not exist", p.display());
+        }
+        return Ok(p.to_owned());
+    }
+    let here = PathBuf::from("fixtures");
+    if here.join("tables").is_dir() {
+        return Ok(here);
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    if built.join("tables").is_dir() {
+        return Ok(built.canonicalize().unwrap_or(built));
+    }
+    bail!("cannot find the bundled fixtures: run from the repository root, or pass --fixtures DIR")
+}
+
+fn prepare(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        let is_demo = dir.join(MARKER).exists();
+        let empty = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .next()
+            .is_none();
+        if !is_demo && !empty {
+            bail!(
+                "{} exists and was not made by `defender demo`; choose another folder with --dir",
+                dir.display()
+            );
+        }
+        // A fresh emulator starts its sequence numbers again: old checkpoints would skip it all.
+        for sub in ["archive", "state"] {
+            let p = dir.join(sub);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).with_context(|| format!("cannot clear {}", p.display()))?;
+            }
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(
+        dir.join(MARKER),
+        "made by `defender demo`; it clears archive/ and state/ when run again\n",
+    )
+    .with_context(|| format!("cannot write in {}", dir.display()))?;
+    Ok(())
+}
+
+async fn demo(args: &Args, fixtures: &Path) -> Result<()> {
+    let started = Instant::now();
+    let hub = "defender";
+    let emulator = Emulator::start(EmulatorConfig {
+        hubs: vec![HubConfig::new(hub, args.partitions)],
+        ..EmulatorConfig::default()
+    })
+    .await
+    .context("cannot start the Event Hubs emulator")?;
+    let loaded = emulator
+        .load_paths(hub, &[fixtures.to_owned()], 100)
+        .with_context(|| format!("cannot load {}", fixtures.display()))?;
+    println!(
+        "Event Hubs emulator on {} (AMQP): hub `{hub}`, {} partitions",
+        emulator.local_addr(),
+        args.partitions
+    );
+    println!(
+        "loaded {} records from {} files in {} into {} messages",
+        loaded.records,
+        loaded.files,
+        fixtures.display(),
+        loaded.messages
+    );
+
+    let dir = std::path::absolute(&args.dir).unwrap_or_else(|_| args.dir.clone());
+    let archive = dir.join("archive");
+    let state = dir.join("state");
+    let text = format!(
+        r#"
+state_dir = "{state}"
+
+[forwarder]
+checkpoint_interval = "100ms"
+
+[[sources]]
+kind = "eventhub"
+name = "demo"
+connection_string = "{cs}"
+start = "earliest"
+
+[[sinks]]
+kind = "files"
+dir = "{archive}"
+flush_interval = "100ms"
+"#,
+        state = toml_path(&state),
+        archive = toml_path(&archive),
+        cs = emulator.connection_string(hub),
+    );
+    let config = Config::parse(&text).context("the demo configuration is invalid")?;
+    let metrics = Arc::new(Metrics::default());
+    let options = RunOptions {
+        exit_when_idle: Some(Duration::from_millis(800)),
+        metrics: Some(metrics.clone()),
+        ..RunOptions::default()
+    };
+    let bar = ProgressBar::with_draw_target(Some(loaded.records), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("forwarding [{bar:30}] {pos}/{len} records")
+            .expect("the template is valid")
+            .progress_chars("=> "),
+    );
+    let run = tokio::spawn(pipeline::run(config, options));
+    while !run.is_finished() {
+        let done =
+            metrics.counter("defender_records_out_total", &[]) + metrics.counter("defender_dead_letters_total", &[]);
+        bar.set_position(done.min(loaded.records));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bar.finish_and_clear();
+    let summary = run
+        .await
+        .context("the forwarder task failed")?
+        .context("the forwarder failed")?;
+    emulator.shutdown().await;
+
+    let counts = count_archive(&archive)?;
+    let total: u64 = counts.values().map(|(r, _)| r).sum();
+    println!(
+        "forwarded {} records over AMQP into the archive in {:.1} s\n",
+        summary.records_out.iter().map(|(_, n)| n).sum::<u64>(),
+        started.elapsed().as_secs_f64()
+    );
+    println!("{:<36} {:>8} {:>9}", "table", "records", "segments");
+    for (table, (records, segments)) in &counts {
+        println!("{table:<36} {records:>8} {segments:>9}");
+    }
+    println!(
+        "{:<36} {total:>8} {:>9}\n",
+        "total",
+        counts.values().map(|(_, s)| s).sum::<u64>()
+    );
+    println!("archive:      {}/<Table>/<YYYY-MM-DD>/*.ndjson.zst", archive.display());
+    println!(
+        "              read one with: zstdcat {}/DeviceProcessEvents/*/*.ndjson.zst",
+        archive.display()
+    );
+    if summary.dead_letters > 0 {
+        println!(
+            "dead letters: {} records that are not Defender records, in {} (see: defender dead-letter list --state-dir {})",
+            summary.dead_letters,
+            state.join("dead-letters").display(),
+            state.display()
+        );
+    } else {
+        println!("dead letters: none");
+    }
+    if total + summary.dead_letters != loaded.records {
+        bail!(
+            "{} records were loaded but {} archived and {} dead-lettered",
+            loaded.records,
+            total,
+            summary.dead_letters
+        );
+    }
+    Ok(())
+}
+
+/// A path as a TOML basic string (backslashes and quotes escaped).
+fn toml_path(p: &Path) -> String {
+    p.display().to_string().replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// Records and segments per table, read back from the archive itself.
+fn count_archive(archive: &Path) -> Result<BTreeMap<String, (u64, u64)>> {
+    let mut out = BTreeMap::new();
+    let Ok(tables) = std::fs::read_dir(archive) else {
+        return Ok(out);
+    };
+    for table in tables {
+        let table = table?.path();
+        if !table.is_dir() {
+            continue;
+        }
+        let name = table
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let entry: &mut (u64, u64) = out.entry(name).or_default();
+        for day in std::fs::read_dir(&table)? {
+            for seg in std::fs::read_dir(day?.path())? {
+                let seg = seg?.path();
+                if !seg.to_string_lossy().ends_with(".ndjson.zst") {
+                    continue;
+                }
+                let data = std::fs::read(&seg).with_context(|| format!("cannot read {}", seg.display()))?;
+                let text = zstd::stream::decode_all(&data[..])
+                    .with_context(|| format!("cannot decompress {}", seg.display()))?;
+                entry.0 += text.split(|b| *b == b'\n').skip(1).count() as u64;
+                entry.1 += 1;
+            }
+        }
+    }
+    Ok(out)
+}
