@@ -88,7 +88,7 @@ enum Command {
     /// Prints a connection string as the first line of output (the Rust and Python Event Hubs
     /// clients accept it; it carries `UseDevelopmentEmulator=true`), then serves until stopped.
     #[command(
-        after_help = "Examples:\n  defender emulate --load fixtures/\n  defender emulate --bind 127.0.0.1:5672 --hub defender --partitions 8 --load export.ndjson --data-dir ./hub-data"
+        after_help = "Examples:\n  defender emulate --load fixtures/\n  defender emulate --hubs per-table --load fixtures/\n  defender emulate --bind 127.0.0.1:5672 --hub defender --partitions 8 --load export.ndjson --data-dir ./hub-data"
     )]
     Emulate {
         /// Address to listen on (loopback only; port 0 picks a free one).
@@ -109,7 +109,27 @@ enum Command {
         /// Records per preloaded message (Defender sends about 100).
         #[arg(long, default_value_t = 100)]
         records_per_message: usize,
+        /// `per-table`: serve one hub per table, named as Defender names them
+        /// (`insights-logs-advancedhunting-<table>`), and load each record into its table's hub.
+        #[arg(long, value_name = "LAYOUT", value_parser = ["per-table"])]
+        hubs: Option<String>,
     },
+    /// Send the records of files to an Event Hub, packed as Defender packs them.
+    ///
+    /// Envelopes {"records": [...]} of up to --records-per-message records, each under 1 MB,
+    /// in batches. Takes what `validate` reads; what is not a Defender record is listed and
+    /// skipped. Prints `sent N records in M messages to HUB (X records/s)` at the end.
+    #[command(
+        after_help = "Examples:\n  defender send --connection-string \"$CS\" fixtures/\n  defender send --connection-string \"$CS\" --hub defender --partition 0 --records-per-message 10 export.ndjson.zst"
+    )]
+    Send(cmd::send::Args),
+    /// Print the records arriving on an Event Hub as NDJSON (exact bytes), without checkpointing.
+    ///
+    /// Reads every partition; stops after --count records, or on Ctrl-C.
+    #[command(
+        after_help = "Examples:\n  defender tail --connection-string \"$CS\"\n  defender tail --connection-string \"$CS\" --from earliest --table DeviceProcessEvents --count 10 | jq .properties.FileName"
+    )]
+    Tail(cmd::tail::Args),
 }
 
 #[derive(Subcommand)]
@@ -190,6 +210,7 @@ fn main() -> ExitCode {
             load,
             data_dir,
             records_per_message,
+            hubs,
         } => cmd::emulate::run(&cmd::emulate::Args {
             bind,
             hub,
@@ -197,8 +218,11 @@ fn main() -> ExitCode {
             load,
             data_dir,
             records_per_message,
+            per_table: hubs.is_some(),
         })
         .map(|()| true),
+        Command::Send(args) => cmd::send::run(&args),
+        Command::Tail(args) => cmd::tail::run(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -217,20 +217,72 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Summary, Forward
                     source_name: name.to_string(),
                     message,
                 })?;
-                let running = source::eventhub::start(
-                    name.clone(),
-                    rc,
-                    store.clone(),
-                    shared.clone(),
-                    checkpoint_interval,
-                    read_stop.clone(),
-                )
-                .await
-                .map_err(|e| ForwarderError::Source {
-                    source_name: name.to_string(),
-                    message: error_chain(&e),
-                })?;
-                hubs.push(running.task);
+                let Some(names) = c.hub_names() else {
+                    let running = source::eventhub::start(
+                        name.clone(),
+                        rc,
+                        store.clone(),
+                        shared.clone(),
+                        checkpoint_interval,
+                        read_stop.clone(),
+                    )
+                    .await
+                    .map_err(|e| ForwarderError::Source {
+                        source_name: name.to_string(),
+                        message: error_chain(&e),
+                    })?;
+                    hubs.push(running.task);
+                    continue;
+                };
+                // Several hubs: each reads on its own; one that is missing is retried on a slow
+                // timer without holding the others back. Only all of them missing is an error.
+                let retry = c.missing_hub_retry.map_or(Duration::from_secs(60), |s| s.0);
+                let mut missing = Vec::new();
+                let mut first_error = None;
+                for hub in &names {
+                    let mut rc = rc.clone();
+                    rc.hub = Some(hub.clone());
+                    match source::eventhub::start(
+                        name.clone(),
+                        rc.clone(),
+                        store.clone(),
+                        shared.clone(),
+                        checkpoint_interval,
+                        read_stop.clone(),
+                    )
+                    .await
+                    {
+                        Ok(running) => hubs.push(running.task),
+                        Err(e) => {
+                            let message = error_chain(&e);
+                            tracing::warn!(source = %name, hub = %hub, error = %message, retry_in = ?retry, "hub unavailable; the others go on, it is tried again");
+                            metrics.set("defender_source_up", &[("source", &name), ("hub", hub)], 0.0);
+                            first_error.get_or_insert(message);
+                            missing.push(rc);
+                        }
+                    }
+                }
+                if missing.len() == names.len() {
+                    return Err(ForwarderError::Source {
+                        source_name: name.to_string(),
+                        message: format!(
+                            "none of its {} hubs can be read; the first: {}",
+                            names.len(),
+                            first_error.unwrap_or_default()
+                        ),
+                    });
+                }
+                for rc in missing {
+                    hubs.push(tokio::spawn(retry_hub(
+                        name.clone(),
+                        rc,
+                        store.clone(),
+                        shared.clone(),
+                        checkpoint_interval,
+                        read_stop.clone(),
+                        retry,
+                    )));
+                }
             }
         }
     }
@@ -290,6 +342,43 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Summary, Forward
         dead_letters: dead_letters.written(),
         clean,
     })
+}
+
+/// Tries a hub that could not be opened again every `every`, until it opens (then reads it) or
+/// the forwarder stops.
+async fn retry_hub(
+    name: Arc<str>,
+    rc: defender_eventhub::ReaderConfig,
+    store: Arc<dyn CheckpointStore>,
+    shared: RouterShared,
+    checkpoint_interval: Duration,
+    stop: CancellationToken,
+    every: Duration,
+) {
+    let hub = rc.hub.clone().unwrap_or_default();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        match source::eventhub::start(
+            name.clone(),
+            rc.clone(),
+            store.clone(),
+            shared.clone(),
+            checkpoint_interval,
+            stop.clone(),
+        )
+        .await
+        {
+            Ok(running) => {
+                tracing::info!(source = %name, hub = %hub, "hub available now");
+                let _ = running.task.await;
+                return;
+            }
+            Err(e) => tracing::debug!(source = %name, hub = %hub, error = %error_chain(&e), "hub still unavailable"),
+        }
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

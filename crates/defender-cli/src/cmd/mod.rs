@@ -4,5 +4,7 @@ pub mod dead_letter;
 pub mod demo;
 pub mod emulate;
 pub mod schema;
+pub mod send;
 pub mod tables;
+pub mod tail;
 pub mod validate;

@@ -3,8 +3,8 @@
 //! batches with the official producer client.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -89,7 +89,8 @@ impl Packer {
         if size > self.max {
             return Err(size);
         }
-        let sealed = if self.in_body > 0 && (self.in_body == self.per_message || self.body.len() + 1 + raw.len() + 2 > self.max)
+        let sealed = if self.in_body > 0
+            && (self.in_body == self.per_message || self.body.len() + 1 + raw.len() + 2 > self.max)
         {
             self.seal()
         } else {
@@ -140,14 +141,12 @@ pub fn run(args: &Args) -> Result<bool> {
     let bar = progress::bytes(total, "sending");
     let sent = Arc::new(Sent::default());
     let (tx, rx) = mpsc::channel::<Body>(QUEUE);
-    let failure = Arc::new(Mutex::new(None));
     let sender = runtime.spawn(send_loop(
         producer,
         args.partition.clone(),
         rx,
         sent.clone(),
         bar.clone(),
-        failure.clone(),
     ));
 
     let started = Instant::now();
@@ -176,17 +175,26 @@ pub fn run(args: &Args) -> Result<bool> {
         eprintln!("skipped {skipped} inputs that are not Defender records (listed above)");
     }
     let rate = records as f64 / elapsed.as_secs_f64().max(1e-3);
-    println!("sent {records} records in {messages} messages to {} ({rate:.0} records/s)", target.hub);
+    println!(
+        "sent {records} records in {messages} messages to {} ({rate:.0} records/s)",
+        target.hub
+    );
     Ok(true)
 }
 
 /// Opens the producer and its sender link, within `timeout`.
-async fn connect(connection: &Connection, target: &Target, partition: Option<&str>, timeout: Duration) -> Result<ProducerClient> {
+async fn connect(
+    connection: &Connection,
+    target: &Target,
+    partition: Option<&str>,
+    timeout: Duration,
+) -> Result<ProducerClient> {
     let where_ = describe(target);
     // The client retries for a minute by default; bounded by the timeout, an unreachable hub
     // fails with the client's own error (refused, unknown host) rather than only "timed out".
     let retry = RetryOptions {
-        max_total_elapsed: azure_core::time::Duration::try_from(timeout).unwrap_or(RetryOptions::default().max_total_elapsed),
+        max_total_elapsed: azure_core::time::Duration::try_from(timeout)
+            .unwrap_or(RetryOptions::default().max_total_elapsed),
         ..RetryOptions::default()
     };
     let open = async {
@@ -214,9 +222,8 @@ async fn connect(connection: &Connection, target: &Target, partition: Option<&st
         drop(batch);
         Ok(producer)
     };
-    // Leave the client a little past its own deadline to report why.
-    match tokio::time::timeout(timeout + Duration::from_secs(2), open).await {
-        Ok(result) => result,
+    match tokio::time::timeout(timeout, open).await {
+        Ok(result) => result.map_err(readable),
         Err(_) => Err(anyhow!(
             "cannot connect to {where_}: no answer within {} s",
             timeout.as_secs()
@@ -283,10 +290,10 @@ impl Reading {
             },
             Unit::Body(json) => match split_body(json.as_bytes()) {
                 Ok(records) => {
-                    for r in records {
+                    for (i, r) in records.into_iter().enumerate() {
                         match r {
-                            Ok(r) => self.record(source, &format!("{at} record {}", 0), r.raw())?,
-                            Err(bad) => self.skip(source, &format!("{at} record {}", bad.index), &bad.error.to_string()),
+                            Ok(r) => self.record(source, &format!("{at} record {i}"), r.raw())?,
+                            Err(bad) => self.skip(source, &format!("{at} record {i}"), &bad.error.to_string()),
                         }
                     }
                 }
@@ -315,9 +322,7 @@ impl Reading {
 
     fn queue(&mut self, body: Body) -> Result<()> {
         // The sender stopped: its error is what to report.
-        self.tx
-            .blocking_send(body)
-            .map_err(|_| anyhow!("the sender stopped"))
+        self.tx.blocking_send(body).map_err(|_| anyhow!("the sender stopped"))
     }
 
     fn skip(&mut self, source: &Source, at: &str, reason: &str) {
@@ -326,14 +331,19 @@ impl Reading {
             let line = format!("skipping {}: {reason}", located(source, at));
             self.bar.suspend(|| eprintln!("{line}"));
         } else if self.skipped == SKIP_SHOWN + 1 {
-            self.bar.suspend(|| eprintln!("(more skipped inputs are counted, not listed)"));
+            self.bar
+                .suspend(|| eprintln!("(more skipped inputs are counted, not listed)"));
         }
     }
 }
 
 /// `file:line`, `file[3] record 2`, `file`.
 fn located(source: &Source, at: &str) -> String {
-    let sep = if at.is_empty() || at.starts_with([':', '[']) { "" } else { " " };
+    let sep = if at.is_empty() || at.starts_with([':', '[']) {
+        ""
+    } else {
+        " "
+    };
     format!("{source}{sep}{}", at.trim())
 }
 
@@ -344,7 +354,6 @@ async fn send_loop(
     mut rx: mpsc::Receiver<Body>,
     sent: Arc<Sent>,
     bar: ProgressBar,
-    failure: Arc<Mutex<Option<String>>>,
 ) -> Result<()> {
     let result = async {
         let mut pending: Option<Body> = None;
@@ -372,7 +381,10 @@ async fn send_loop(
                 }
             }
             let messages = batch.len() as u64;
-            producer.send_batch(batch, None).await.context("the hub refused a batch")?;
+            producer
+                .send_batch(batch, None)
+                .await
+                .context("the hub refused a batch")?;
             let r = sent.records.fetch_add(records, Ordering::Relaxed) + records;
             let m = sent.messages.fetch_add(messages, Ordering::Relaxed) + messages;
             bar.set_message(format!("sent {r} records in {m} messages"));
@@ -380,9 +392,6 @@ async fn send_loop(
         anyhow::Ok(())
     }
     .await;
-    if let Err(e) = &result {
-        *failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(format!("{e:#}"));
-    }
     let _ = producer.close().await;
     result
 }
@@ -398,6 +407,41 @@ fn add(batch: &EventDataBatch<'_>, body: Body) -> Result<()> {
     } else {
         bail!("a message of {len} bytes does not fit in a batch: the hub's maximum message size is smaller")
     }
+}
+
+/// Labels the Event Hubs client's errors put before their causes, saying nothing themselves.
+const EMPTY_LABELS: &[&str] = &["AMQP Error", "Azure Core Error"];
+
+/// One readable line from an error chain whose layers repeat their causes: each layer keeps
+/// only what it adds (the Event Hubs client's errors print `AMQP Error: AMQP Error: Azure Core
+/// Error: Connection refused: ...: Connection refused`; this gives `...: Connection refused`).
+pub(crate) fn readable(e: anyhow::Error) -> anyhow::Error {
+    let messages: Vec<String> = e.chain().map(ToString::to_string).collect();
+    let mut parts: Vec<String> = Vec::new();
+    for (i, message) in messages.iter().enumerate() {
+        let mut own = message.as_str();
+        if let Some(next) = messages.get(i + 1) {
+            own = own
+                .strip_suffix(next.as_str())
+                .map_or(own, |p| p.trim_end().trim_end_matches(':'));
+        }
+        loop {
+            let before = own;
+            for label in EMPTY_LABELS {
+                if let Some(rest) = own.strip_prefix(label) {
+                    own = rest.trim_start_matches(':').trim_start();
+                }
+            }
+            if own == before {
+                break;
+            }
+        }
+        let own = own.trim();
+        if !own.is_empty() && !parts.last().is_some_and(|last| last.contains(own)) {
+            parts.push(own.to_owned());
+        }
+    }
+    anyhow!(parts.join(": "))
 }
 
 #[cfg(test)]
@@ -423,7 +467,10 @@ mod tests {
             [r#"{"records":[{},{}]}"#, r#"{"records":[{}]}"#]
         );
         // 14 + 2 = 16 per single-record body; a second record would make it 19.
-        assert_eq!(bodies(&["{}", "{}"], 100, 18), [r#"{"records":[{}]}"#, r#"{"records":[{}]}"#]);
+        assert_eq!(
+            bodies(&["{}", "{}"], 100, 18),
+            [r#"{"records":[{}]}"#, r#"{"records":[{}]}"#]
+        );
         assert_eq!(bodies(&["{}", "{}"], 100, 19), [r#"{"records":[{},{}]}"#]);
         assert!(bodies(&[], 3, 100).is_empty());
         for b in bodies(&["{}"; 7], 3, 1000) {

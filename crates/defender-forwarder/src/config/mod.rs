@@ -88,6 +88,15 @@ pub struct EventHubSource {
     pub credential: Option<Credential>,
     /// The hub, unless the connection string names it.
     pub hub: Option<Text>,
+    /// Several hubs of the namespace instead of one: `per-table` (one per table, as Defender
+    /// names them) or an explicit list.
+    pub hubs: Option<Hubs>,
+    /// With `hubs = "per-table"`: the tables to read (default: every table the schema knows).
+    pub tables: Option<Vec<Text>>,
+    /// With `hubs = "per-table"`: the hub name prefix (default `insights-logs-advancedhunting-`).
+    pub hub_prefix: Option<Text>,
+    /// How often a configured hub that does not exist (yet) is tried again (default 60s).
+    pub missing_hub_retry: Option<Span>,
     /// Consumer group (default `$Default`; give each deployment its own).
     pub consumer_group: Option<Text>,
     /// Where to start without a checkpoint: `earliest` (default), `latest`, or an RFC 3339 time.
@@ -100,6 +109,40 @@ pub struct EventHubSource {
     pub ownership_update_interval: Option<Span>,
     /// An ownership not renewed for this long is taken over (default 60s).
     pub ownership_expiry: Option<Span>,
+}
+
+/// Which hubs an `eventhub` source reads besides (or instead of) `hub`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hubs {
+    /// One hub per table: `<hub_prefix><table in lower case>`.
+    PerTable,
+    /// These hubs.
+    Names(Vec<String>),
+}
+
+/// The hub name prefix Defender uses for per-table hubs (and Storage containers).
+pub const DEFAULT_HUB_PREFIX: &str = "insights-logs-advancedhunting-";
+
+impl EventHubSource {
+    /// The hubs to read when several are configured (`None`: the one hub of `hub` or `EntityPath`).
+    pub fn hub_names(&self) -> Option<Vec<String>> {
+        match self.hubs.as_ref()? {
+            Hubs::Names(names) => Some(names.clone()),
+            Hubs::PerTable => {
+                let prefix = self.hub_prefix.as_deref().unwrap_or(DEFAULT_HUB_PREFIX);
+                let tables: Vec<Table> = match &self.tables {
+                    Some(names) => names.iter().filter_map(|n| Table::from_name(n)).collect(),
+                    None => Table::ALL.to_vec(),
+                };
+                Some(
+                    tables
+                        .into_iter()
+                        .map(|t| format!("{prefix}{}", t.name().to_lowercase()))
+                        .collect(),
+                )
+            }
+        }
+    }
 }
 
 /// `credential = { kind = "...", ... }` for a namespace.
@@ -432,6 +475,36 @@ fn check_eventhub(field: &str, s: &EventHubSource) -> Result<(), ConfigError> {
             return Err(ConfigError::invalid(
                 format!("{field}.credential"),
                 "`namespace` needs a `credential` (e.g. `{ kind = \"managed-identity\" }`)",
+            ));
+        }
+    }
+    match (&s.hub, &s.hubs) {
+        (Some(h), Some(_)) if !h.trim().is_empty() => {
+            return Err(ConfigError::invalid(
+                format!("{field}.hubs"),
+                "give either `hub` (one hub) or `hubs` (several), not both",
+            ));
+        }
+        (_, Some(Hubs::Names(names))) if names.is_empty() => {
+            return Err(ConfigError::invalid(format!("{field}.hubs"), "is empty"));
+        }
+        _ => {}
+    }
+    if s.hubs != Some(Hubs::PerTable) {
+        for (key, given) in [("tables", s.tables.is_some()), ("hub_prefix", s.hub_prefix.is_some())] {
+            if given {
+                return Err(ConfigError::invalid(
+                    format!("{field}.{key}"),
+                    "only applies with `hubs = \"per-table\"`",
+                ));
+            }
+        }
+    }
+    for (i, name) in s.tables.iter().flatten().enumerate() {
+        if Table::from_name(name).is_none() {
+            return Err(ConfigError::invalid(
+                format!("{field}.tables[{i}]"),
+                format!("`{}` is not a known table (see `defender tables`)", &**name),
             ));
         }
     }

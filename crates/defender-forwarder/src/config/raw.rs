@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::{
-    Checkpoints, Config, ConfigError, Credential, EventHubSource, FilesSink, Flag, Num, SecretText, SekoiaSink, Sink,
-    Source, Span, StdoutSink, TablesConfig, Text, Tuning,
+    Checkpoints, Config, ConfigError, Credential, EventHubSource, FilesSink, Flag, Hubs, Num, SecretText, SekoiaSink,
+    Sink, Source, Span, StdoutSink, TablesConfig, Text, Tuning,
 };
 
 #[derive(Deserialize)]
@@ -34,12 +34,23 @@ struct RawSource {
     namespace: Option<Text>,
     credential: Option<Credential>,
     hub: Option<Text>,
+    hubs: Option<RawHubs>,
+    tables: Option<Vec<Text>>,
+    hub_prefix: Option<Text>,
+    missing_hub_retry: Option<Span>,
     consumer_group: Option<Text>,
     start: Option<Text>,
     prefetch: Option<Num>,
     owner_id: Option<Text>,
     ownership_update_interval: Option<Span>,
     ownership_expiry: Option<Span>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawHubs {
+    One(Text),
+    Many(Vec<Text>),
 }
 
 #[derive(Deserialize)]
@@ -86,6 +97,17 @@ impl RawConfig {
         let mut sources = Vec::new();
         for (i, s) in self.sources.into_iter().enumerate() {
             let field = format!("sources[{i}]");
+            let hubs = match s.hubs {
+                None => None,
+                Some(RawHubs::One(t)) if &*t == "per-table" => Some(Hubs::PerTable),
+                Some(RawHubs::One(t)) => {
+                    return Err(ConfigError::invalid(
+                        format!("{field}.hubs"),
+                        format!("`{}`: write `hubs = \"per-table\"` or a list of hub names", &*t),
+                    ));
+                }
+                Some(RawHubs::Many(names)) => Some(Hubs::Names(names.into_iter().map(|t| t.0).collect())),
+            };
             match &*s.kind {
                 "eventhub" => sources.push(Source::Eventhub(EventHubSource {
                     name: s.name,
@@ -93,6 +115,10 @@ impl RawConfig {
                     namespace: s.namespace,
                     credential: s.credential,
                     hub: s.hub,
+                    hubs,
+                    tables: s.tables,
+                    hub_prefix: s.hub_prefix,
+                    missing_hub_retry: s.missing_hub_retry,
                     consumer_group: s.consumer_group,
                     start: s.start,
                     prefetch: s.prefetch,

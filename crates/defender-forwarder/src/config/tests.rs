@@ -152,3 +152,28 @@ fn numbers_flags_and_durations_may_come_from_the_environment() {
     let e = err(&text, &[("PREFETCH", "many")]);
     assert!(e.contains("prefetch") && e.contains("many"), "{e}");
 }
+
+#[test]
+fn per_table_hubs_are_named_as_defender_names_them() {
+    let text = "state_dir = \"/s\"\n[[sources]]\nkind = \"eventhub\"\nconnection_string = \"Endpoint=sb://x/;SharedAccessKeyName=a;SharedAccessKey=b\"\nhubs = \"per-table\"\ntables = [\"deviceprocessevents\", \"EmailEvents\"]\n[[sinks]]\nkind = \"stdout\"\n";
+    let c = Config::parse(text).unwrap();
+    let Source::Eventhub(s) = &c.sources[0];
+    assert_eq!(
+        s.hub_names().unwrap(),
+        [
+            "insights-logs-advancedhunting-deviceprocessevents",
+            "insights-logs-advancedhunting-emailevents"
+        ]
+    );
+    let e = err(
+        &text.replace("hubs = \"per-table\"\n", "hub = \"one\"\nhubs = \"per-table\"\n"),
+        &[],
+    );
+    assert!(e.contains("sources[0].hubs"), "{e}");
+    let e = err(&text.replace("hubs = \"per-table\"\n", "hubs = [\"a\"]\n"), &[]);
+    assert!(e.contains("sources[0].tables") && e.contains("per-table"), "{e}");
+    let e = err(&text.replace("hubs = \"per-table\"", "hubs = \"every-table\""), &[]);
+    assert!(e.contains("sources[0].hubs"), "{e}");
+    let e = err(&text.replace("\"EmailEvents\"", "\"EmailEvent\""), &[]);
+    assert!(e.contains("sources[0].tables[1]"), "{e}");
+}
