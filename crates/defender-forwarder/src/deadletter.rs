@@ -162,10 +162,17 @@ impl DeadLetters {
     pub fn files(&self) -> io::Result<Vec<PathBuf>> {
         let mut files = Vec::new();
         let mut days: Vec<PathBuf> = match fs::read_dir(&self.dir) {
+            // Day directories only: `replaying/` and `replayed/` sit beside them.
             Ok(rd) => rd
                 .filter_map(Result::ok)
                 .map(|e| e.path())
-                .filter(|p| p.is_dir())
+                .filter(|p| {
+                    p.is_dir()
+                        && p.file_name()
+                            .and_then(|n| n.to_str())
+                            .and_then(crate::delivery::Day::of)
+                            .is_some()
+                })
                 .collect(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(files),
             Err(e) => return Err(e),

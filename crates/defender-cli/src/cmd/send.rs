@@ -166,7 +166,9 @@ pub fn run(args: &Args) -> Result<bool> {
     let elapsed = started.elapsed();
     let records = sent.records.load(Ordering::Relaxed);
     let messages = sent.messages.load(Ordering::Relaxed);
-    send_result.with_context(|| format!("cannot send to `{}` ({records} records sent before)", target.hub))?;
+    send_result
+        .with_context(|| format!("cannot send to `{}` ({records} records sent before)", target.hub))
+        .map_err(readable)?;
     if let Err(e) = read_result {
         // A read that failed because the sender stopped reports the sender's error above.
         return Err(e.context(format!("stopped after sending {records} records")));

@@ -4,9 +4,11 @@ use std::io::{self, Write};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, anyhow};
-use defender_eventhub::{Batch, Connection, Reader, ReaderConfig, Secret, StartFrom};
+use defender_eventhub::{Batch, Connection, Reader, ReaderConfig, ReaderError, Secret, StartFrom};
 use defender_schema::{Table, split_body};
 use tokio::sync::mpsc;
+
+use super::send::readable;
 
 /// `defender tail` options.
 #[derive(Debug, clap::Args)]
@@ -72,10 +74,22 @@ pub fn run(args: &Args) -> Result<bool> {
     runtime.block_on(async {
         let (tx, mut rx) = mpsc::channel::<Batch>(16);
         let timeout = Duration::from_secs(args.timeout);
-        let reader = match tokio::time::timeout(timeout, Reader::start(config, None, tx)).await {
+        // Listening for Ctrl-C from the start, so that it also ends a slow connect.
+        let stop = stop_signal().context("cannot listen for Ctrl-C")?;
+        tokio::pin!(stop);
+        let started = tokio::select! {
+            () = &mut stop => return Ok(()),
+            started = tokio::time::timeout(timeout, Reader::start(config, None, tx)) => started,
+        };
+        let reader = match started {
             Ok(Ok(reader)) => reader,
+            Ok(Err(ReaderError::Open { source, .. })) => {
+                return Err(readable(
+                    anyhow::Error::new(source).context(format!("cannot connect to {where_}")),
+                ));
+            }
             Ok(Err(e)) => {
-                return Err(super::send::readable(
+                return Err(readable(
                     anyhow::Error::new(e).context(format!("cannot read from {where_}")),
                 ));
             }
@@ -91,8 +105,6 @@ pub fn run(args: &Args) -> Result<bool> {
             tables: args.tables.clone(),
             left: args.count,
         };
-        let stop = shutdown_signal();
-        tokio::pin!(stop);
         let result = loop {
             if out.left == Some(0) {
                 break Ok(());
@@ -207,24 +219,26 @@ fn compact(json: &str) -> String {
     out
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
+/// Ctrl-C (or SIGTERM), listened for from the moment this is called.
+#[cfg(unix)]
+fn stop_signal() -> io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    })
+}
+
+/// Ctrl-C.
+#[cfg(not(unix))]
+fn stop_signal() -> io::Result<impl Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 #[cfg(test)]

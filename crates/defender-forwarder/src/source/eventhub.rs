@@ -64,7 +64,7 @@ pub fn reader_config(cfg: &EventHubSource) -> Result<ReaderConfig, String> {
     if let Some(start) = &cfg.start {
         rc.start = config::parse_start(start)?;
     }
-    rc.prefetch = cfg.prefetch.map_or(300, |n| u32::try_from(n.0).unwrap_or(u32::MAX));
+    rc.prefetch = cfg.prefetch.map_or(32, |n| u32::try_from(n.0).unwrap_or(u32::MAX));
     // A few events per batch keep a unit (and its in-flight memory) small.
     rc.max_batch_events = 16;
     if let Some(owner) = &cfg.owner_id {
