@@ -79,6 +79,11 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "Sequence number of the last event read, per partition.",
     ),
     (
+        "defender_partition_checkpoint_sequence",
+        "gauge",
+        "Sequence number of the last checkpoint written, per partition.",
+    ),
+    (
         "defender_partition_read_delay_seconds",
         "gauge",
         "Enqueued-to-read delay of the last event read, per partition.",

@@ -212,6 +212,26 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Summary, Forward
     for s in &config.sources {
         let name: Arc<str> = Arc::from(s.name());
         match s {
+            config::Source::Storage(c) => {
+                let settings = source::storage::settings(c).map_err(|message| ForwarderError::Source {
+                    source_name: name.to_string(),
+                    message,
+                })?;
+                let running = source::storage::start(
+                    name.clone(),
+                    settings,
+                    store.clone(),
+                    shared.clone(),
+                    checkpoint_interval,
+                    read_stop.clone(),
+                )
+                .await
+                .map_err(|message| ForwarderError::Source {
+                    source_name: name.to_string(),
+                    message,
+                })?;
+                hubs.push(running.task);
+            }
             config::Source::Eventhub(c) => {
                 let rc = source::eventhub::reader_config(c).map_err(|message| ForwarderError::Source {
                     source_name: name.to_string(),

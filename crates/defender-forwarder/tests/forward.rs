@@ -99,6 +99,7 @@ async fn intake_faults_lose_nothing_and_hold_the_checkpoint_back() {
     // ...restart it, faults still on, and let it finish...
     let out = env.run_until_idle(&config, 1.5, LIMIT).await;
     assert!(out.status.success(), "{}", stderr(&out));
+    assert_no_secrets(&env, &stderr(&out));
     let injected = env.intake.faults_injected();
     assert!(injected >= 20, "only {injected} faults injected");
     let counts = seq_counts(&env.intake.events());
@@ -198,6 +199,91 @@ fn dead_letters(env: &Env) -> Vec<serde_json::Value> {
         }
     }
     out
+}
+
+/// Neither the intake key nor the hub's key may show up in anything the forwarder prints.
+fn assert_no_secrets(env: &Env, text: &str) {
+    let cs = env.emulator.connection_string(&env.hub);
+    let key = cs.split("SharedAccessKey=").nth(1).unwrap().split(';').next().unwrap();
+    assert!(!text.contains(common::KEY), "the intake key leaked:\n{text}");
+    assert!(!text.contains(key), "the hub key leaked:\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_no_secret_in_debug_logs() {
+    let env = Env::start(2).await;
+    env.send(bodies(0..2_000, 100));
+    // A wrong key for a moment: the refusals are logged, with the intake's answer, never the key.
+    let config = env.config(&env.sekoia_sink(""));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = env.command(&config, &["--metrics", &port.to_string(), "--exit-when-idle", "2"]);
+    cmd.env("DEFENDER_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    assert!(env.intake.wait_for(2_000, LIMIT).await);
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = get("/metrics");
+        if metrics.contains("defender_records_out_total{sink=\"sekoia\",table=\"EmailEvents\"} 400") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    for table in common::TABLES {
+        assert!(
+            metrics.contains(&format!(
+                "defender_records_out_total{{sink=\"sekoia\",table=\"{table}\"}} 400"
+            )),
+            "{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("defender_delivery_seconds_count{sink=\"sekoia\"} 2000"),
+        "{metrics}"
+    );
+    assert!(get("/healthz").starts_with("HTTP/1.1 200"));
+    assert!(get("/readyz").starts_with("HTTP/1.1 200"));
+    assert!(get("/nope").starts_with("HTTP/1.1 404"));
+    assert_no_secrets(&env, &metrics);
+    let out = common::wait_output(child, LIMIT).await;
+    assert!(out.status.success());
+    let log = stderr(&out);
+    assert!(log.lines().count() > 10, "debug logging is on: {log}");
+    assert_no_secrets(&env, &log);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_intake_key_dead_letters_with_the_reason_and_leaks_nothing() {
+    let env = Env::start(2).await;
+    env.send(bodies(0..300, 100));
+    let config = env.config(&env.sekoia_sink("").replace("${TEST_INTAKE_KEY}", "not-the-key-0123"));
+    let out = env.run_until_idle(&config, 1.5, LIMIT).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(env.intake.event_count(), 0);
+    let letters = dead_letters(&env);
+    assert_eq!(letters.len(), 300);
+    assert!(
+        letters
+            .iter()
+            .all(|e| e["reason"].as_str().unwrap().contains("HTTP 401"))
+    );
+    let log = stderr(&out);
+    assert!(!log.contains("not-the-key-0123"), "{log}");
+    assert_no_secrets(&env, &log);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

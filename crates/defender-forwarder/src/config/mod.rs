@@ -64,6 +64,8 @@ pub struct Checkpoints {
 pub enum Source {
     /// An Event Hub (or several, one per table).
     Eventhub(EventHubSource),
+    /// The Storage-account export: one container per table, one append blob per hour.
+    Storage(StorageSource),
 }
 
 impl Source {
@@ -71,6 +73,7 @@ impl Source {
     pub fn name(&self) -> &str {
         match self {
             Source::Eventhub(s) => s.name.as_deref().unwrap_or("eventhub"),
+            Source::Storage(s) => s.name.as_deref().unwrap_or("storage"),
         }
     }
 }
@@ -109,6 +112,78 @@ pub struct EventHubSource {
     pub ownership_update_interval: Option<Span>,
     /// An ownership not renewed for this long is taken over (default 60s).
     pub ownership_expiry: Option<Span>,
+}
+
+/// `kind = "storage"`: Defender's export to a Storage account.
+#[derive(Debug)]
+pub struct StorageSource {
+    /// Name in logs, metrics and dead letters (default `storage`).
+    pub name: Option<Text>,
+    /// The blob service URL: `https://acct.blob.core.windows.net`, or path-style for Azurite
+    /// (`http://127.0.0.1:10000/devstoreaccount1`). Not with `connection_string`.
+    pub account_url: Option<Text>,
+    /// Or: a storage account connection string (secret).
+    pub connection_string: Option<SecretText>,
+    /// With `account_url` and `shared_key`: the account name.
+    pub account_name: Option<Text>,
+    /// With `account_url`: the account key (secret).
+    pub shared_key: Option<SecretText>,
+    /// With `account_url`: a SAS token with read and list rights (secret).
+    pub sas: Option<SecretText>,
+    /// The tables to read (default: every table the schema knows).
+    pub tables: Option<Vec<Text>>,
+    /// The container name prefix (default `insights-logs-advancedhunting-`).
+    pub container_prefix: Option<Text>,
+    /// Which hour blobs a container without checkpoints starts with: `earliest` (default), `now`
+    /// (or `latest`), or an RFC 3339 time.
+    pub start: Option<Text>,
+    /// How often containers are listed for new blobs and appended lines (default 30s).
+    pub poll_interval: Option<Span>,
+    /// This instance's name in ownership records (default: host, pid and a random suffix).
+    pub owner_id: Option<Text>,
+    /// How often container ownership is renewed (default 10s).
+    pub ownership_update_interval: Option<Span>,
+    /// A container ownership not renewed for this long is taken over (default 60s).
+    pub ownership_expiry: Option<Span>,
+}
+
+impl StorageSource {
+    /// The containers to read: `<container_prefix><table in lower case>`.
+    pub fn container_names(&self) -> Vec<String> {
+        let prefix = self.container_prefix.as_deref().unwrap_or(DEFAULT_HUB_PREFIX);
+        let tables: Vec<Table> = match &self.tables {
+            Some(names) => names.iter().filter_map(|n| Table::from_name(n)).collect(),
+            None => Table::ALL.to_vec(),
+        };
+        let mut names: Vec<String> = tables
+            .into_iter()
+            .map(|t| format!("{prefix}{}", t.name().to_lowercase()))
+            .collect();
+        names.dedup();
+        names
+    }
+}
+
+/// Where a `storage` source starts in a container that has no checkpoint yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageStart {
+    /// Every hour blob the container holds.
+    Earliest,
+    /// The hour blob of the moment the forwarder first sees the container, and later ones.
+    Now,
+    /// The hour blob holding this time, and later ones.
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+/// Reads `earliest`, `now` (or `latest`) or an RFC 3339 time, for a `storage` source.
+pub fn parse_storage_start(s: &str) -> Result<StorageStart, String> {
+    match s.trim() {
+        "earliest" => Ok(StorageStart::Earliest),
+        "now" | "latest" => Ok(StorageStart::Now),
+        other => chrono::DateTime::parse_from_rfc3339(other)
+            .map(|t| StorageStart::Time(t.with_timezone(&chrono::Utc)))
+            .map_err(|_| format!("`{other}` is not `earliest`, `now` or an RFC 3339 time")),
+    }
 }
 
 /// Which hubs an `eventhub` source reads besides (or instead of) `hub`.
@@ -396,6 +471,7 @@ impl Config {
             }
             match source {
                 Source::Eventhub(s) => check_eventhub(&field, s)?,
+                Source::Storage(s) => check_storage(&field, s)?,
             }
         }
         let mut names = HashSet::new();
@@ -516,6 +592,120 @@ fn check_eventhub(field: &str, s: &EventHubSource) -> Result<(), ConfigError> {
             format!("{field}.prefetch"),
             "must be between 1 and 2^32-1",
         ));
+    }
+    Ok(())
+}
+
+fn check_storage(field: &str, s: &StorageSource) -> Result<(), ConfigError> {
+    let invalid = |key: &str, message: &str| ConfigError::invalid(format!("{field}.{key}"), message);
+    match (&s.connection_string, &s.account_url) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "account_url",
+                "give either `connection_string` or `account_url` with `shared_key` or `sas`, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(invalid(
+                "account_url",
+                "missing: give `account_url` with `shared_key` (and `account_name`) or `sas`, or `connection_string`",
+            ));
+        }
+        (Some(cs), None) => {
+            for (key, given) in [
+                ("shared_key", s.shared_key.is_some()),
+                ("sas", s.sas.is_some()),
+                ("account_name", s.account_name.is_some()),
+            ] {
+                if given {
+                    return Err(invalid(
+                        key,
+                        "only applies with `account_url` (the connection string carries the credential)",
+                    ));
+                }
+            }
+            defender_eventhub::blob::StorageConnectionString::parse(cs.0.expose())
+                .map_err(|e| invalid("connection_string", &e.to_string()))?;
+        }
+        (None, Some(url)) => {
+            let parsed = url::Url::parse(url).map_err(|e| invalid("account_url", &format!("`{}`: {e}", &**url)))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                return Err(invalid("account_url", "must be an http:// or https:// URL"));
+            }
+            if parsed.query().is_some() || parsed.fragment().is_some() {
+                return Err(invalid(
+                    "account_url",
+                    "must not carry a query string: put a SAS token in `sas`",
+                ));
+            }
+            match (&s.shared_key, &s.sas) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid("sas", "give either `shared_key` or `sas`, not both"));
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        "shared_key",
+                        "missing: `account_url` needs `shared_key` (with `account_name`) or `sas`",
+                    ));
+                }
+                (Some(key), None) => {
+                    let Some(account) = s.account_name.as_deref().filter(|a| !a.trim().is_empty()) else {
+                        return Err(invalid("account_name", "missing: `shared_key` needs the account name"));
+                    };
+                    defender_eventhub::blob::StorageCredential::shared_key(account.trim(), key.0.expose())
+                        .map_err(|e| invalid("shared_key", &e.to_string()))?;
+                }
+                (None, Some(sas)) => {
+                    if s.account_name.is_some() {
+                        return Err(invalid("account_name", "only applies with `shared_key`"));
+                    }
+                    defender_eventhub::blob::StorageCredential::sas(sas.0.expose())
+                        .map_err(|e| invalid("sas", &e.to_string()))?;
+                }
+            }
+        }
+    }
+    for (i, name) in s.tables.iter().flatten().enumerate() {
+        if Table::from_name(name).is_none() {
+            return Err(ConfigError::invalid(
+                format!("{field}.tables[{i}]"),
+                format!("`{}` is not a known table (see `defender tables`)", &**name),
+            ));
+        }
+    }
+    if s.tables.as_ref().is_some_and(Vec::is_empty) {
+        return Err(invalid("tables", "is empty; leave it out to read every table"));
+    }
+    if let Some(prefix) = &s.container_prefix {
+        let ok = prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !ok {
+            return Err(invalid(
+                "container_prefix",
+                "container names hold lower-case letters, digits and `-` only",
+            ));
+        }
+    }
+    for name in s.container_names() {
+        if name.len() > 63 {
+            return Err(invalid(
+                "container_prefix",
+                &format!("`{name}` is longer than the 63 characters a container name may have"),
+            ));
+        }
+    }
+    if let Some(start) = &s.start {
+        parse_storage_start(start).map_err(|e| invalid("start", &e))?;
+    }
+    for (key, span) in [
+        ("poll_interval", s.poll_interval),
+        ("ownership_update_interval", s.ownership_update_interval),
+        ("ownership_expiry", s.ownership_expiry),
+    ] {
+        if span.is_some_and(|s| s.0.is_zero()) {
+            return Err(invalid(key, "must be longer than 0s"));
+        }
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::{
     Checkpoints, Config, ConfigError, Credential, EventHubSource, FilesSink, Flag, Hubs, Num, SecretText, SekoiaSink,
-    Sink, Source, Span, StdoutSink, TablesConfig, Text, Tuning,
+    Sink, Source, Span, StdoutSink, StorageSource, TablesConfig, Text, Tuning,
 };
 
 #[derive(Deserialize)]
@@ -44,6 +44,13 @@ struct RawSource {
     owner_id: Option<Text>,
     ownership_update_interval: Option<Span>,
     ownership_expiry: Option<Span>,
+    // storage
+    account_url: Option<Text>,
+    account_name: Option<Text>,
+    shared_key: Option<SecretText>,
+    sas: Option<SecretText>,
+    container_prefix: Option<Text>,
+    poll_interval: Option<Span>,
 }
 
 #[derive(Deserialize)]
@@ -97,6 +104,43 @@ impl RawConfig {
         let mut sources = Vec::new();
         for (i, s) in self.sources.into_iter().enumerate() {
             let field = format!("sources[{i}]");
+            let eventhub_keys = [
+                ("namespace", s.namespace.is_some()),
+                ("credential", s.credential.is_some()),
+                ("hub", s.hub.is_some()),
+                ("hubs", s.hubs.is_some()),
+                ("hub_prefix", s.hub_prefix.is_some()),
+                ("missing_hub_retry", s.missing_hub_retry.is_some()),
+                ("consumer_group", s.consumer_group.is_some()),
+                ("prefetch", s.prefetch.is_some()),
+            ];
+            let storage_keys = [
+                ("account_url", s.account_url.is_some()),
+                ("account_name", s.account_name.is_some()),
+                ("shared_key", s.shared_key.is_some()),
+                ("sas", s.sas.is_some()),
+                ("container_prefix", s.container_prefix.is_some()),
+                ("poll_interval", s.poll_interval.is_some()),
+            ];
+            if &*s.kind == "storage" {
+                only(&field, "storage", &eventhub_keys)?;
+                sources.push(Source::Storage(StorageSource {
+                    name: s.name,
+                    account_url: s.account_url,
+                    connection_string: s.connection_string,
+                    account_name: s.account_name,
+                    shared_key: s.shared_key,
+                    sas: s.sas,
+                    tables: s.tables,
+                    container_prefix: s.container_prefix,
+                    start: s.start,
+                    poll_interval: s.poll_interval,
+                    owner_id: s.owner_id,
+                    ownership_update_interval: s.ownership_update_interval,
+                    ownership_expiry: s.ownership_expiry,
+                }));
+                continue;
+            }
             let hubs = match s.hubs {
                 None => None,
                 Some(RawHubs::One(t)) if &*t == "per-table" => Some(Hubs::PerTable),
@@ -109,27 +153,30 @@ impl RawConfig {
                 Some(RawHubs::Many(names)) => Some(Hubs::Names(names.into_iter().map(|t| t.0).collect())),
             };
             match &*s.kind {
-                "eventhub" => sources.push(Source::Eventhub(EventHubSource {
-                    name: s.name,
-                    connection_string: s.connection_string,
-                    namespace: s.namespace,
-                    credential: s.credential,
-                    hub: s.hub,
-                    hubs,
-                    tables: s.tables,
-                    hub_prefix: s.hub_prefix,
-                    missing_hub_retry: s.missing_hub_retry,
-                    consumer_group: s.consumer_group,
-                    start: s.start,
-                    prefetch: s.prefetch,
-                    owner_id: s.owner_id,
-                    ownership_update_interval: s.ownership_update_interval,
-                    ownership_expiry: s.ownership_expiry,
-                })),
+                "eventhub" => {
+                    only(&field, "eventhub", &storage_keys)?;
+                    sources.push(Source::Eventhub(EventHubSource {
+                        name: s.name,
+                        connection_string: s.connection_string,
+                        namespace: s.namespace,
+                        credential: s.credential,
+                        hub: s.hub,
+                        hubs,
+                        tables: s.tables,
+                        hub_prefix: s.hub_prefix,
+                        missing_hub_retry: s.missing_hub_retry,
+                        consumer_group: s.consumer_group,
+                        start: s.start,
+                        prefetch: s.prefetch,
+                        owner_id: s.owner_id,
+                        ownership_update_interval: s.ownership_update_interval,
+                        ownership_expiry: s.ownership_expiry,
+                    }));
+                }
                 other => {
                     return Err(ConfigError::invalid(
                         format!("{field}.kind"),
-                        format!("`{other}` is not a source kind (use `eventhub`)"),
+                        format!("`{other}` is not a source kind (use `eventhub` or `storage`)"),
                     ));
                 }
             }

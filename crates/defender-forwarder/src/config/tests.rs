@@ -29,7 +29,9 @@ fn the_sekoia_example_runs_on_its_documented_variables() {
         ]),
     )
     .unwrap();
-    let Source::Eventhub(hub) = &c.sources[0];
+    let Source::Eventhub(hub) = &c.sources[0] else {
+        panic!("eventhub source")
+    };
     assert_eq!(hub.consumer_group.as_deref(), Some("$Default"));
     assert_eq!(hub.hub.as_deref(), Some("defender"));
     let Sink::Sekoia(s) = &c.sinks[0] else {
@@ -62,7 +64,9 @@ fn the_archive_example_runs_on_its_documented_variables() {
     };
     assert_eq!(&*f.dir, "/tmp/archive");
     assert_eq!(f.retention["DeviceProcessEvents"], Num(30));
-    let Source::Eventhub(hub) = &c.sources[0];
+    let Source::Eventhub(hub) = &c.sources[0] else {
+        panic!("eventhub source")
+    };
     assert_eq!(hub.consumer_group.as_deref(), Some("archive"));
 }
 
@@ -142,7 +146,9 @@ fn numbers_flags_and_durations_may_come_from_the_environment() {
         "{MINIMAL}prefetch = \"${{PREFETCH}}\"\n[forwarder]\ncheck_records = \"${{CHECK:-true}}\"\ncheckpoint_interval = \"${{EVERY:-250ms}}\"\n[[sinks]]\nkind = \"stdout\"\n"
     );
     let c = Config::parse_with_vars(&text, vars(&[("PREFETCH", "50")])).unwrap();
-    let Source::Eventhub(hub) = &c.sources[0];
+    let Source::Eventhub(hub) = &c.sources[0] else {
+        panic!("eventhub source")
+    };
     assert_eq!(hub.prefetch, Some(Num(50)));
     assert_eq!(c.forwarder.check_records, Some(Flag(true)));
     assert_eq!(
@@ -157,7 +163,9 @@ fn numbers_flags_and_durations_may_come_from_the_environment() {
 fn per_table_hubs_are_named_as_defender_names_them() {
     let text = "state_dir = \"/s\"\n[[sources]]\nkind = \"eventhub\"\nconnection_string = \"Endpoint=sb://x/;SharedAccessKeyName=a;SharedAccessKey=b\"\nhubs = \"per-table\"\ntables = [\"deviceprocessevents\", \"EmailEvents\"]\n[[sinks]]\nkind = \"stdout\"\n";
     let c = Config::parse(text).unwrap();
-    let Source::Eventhub(s) = &c.sources[0];
+    let Source::Eventhub(s) = &c.sources[0] else {
+        panic!("eventhub source")
+    };
     assert_eq!(
         s.hub_names().unwrap(),
         [
@@ -176,4 +184,177 @@ fn per_table_hubs_are_named_as_defender_names_them() {
     assert!(e.contains("sources[0].hubs"), "{e}");
     let e = err(&text.replace("\"EmailEvents\"", "\"EmailEvent\""), &[]);
     assert!(e.contains("sources[0].tables[1]"), "{e}");
+}
+
+const STORAGE: &str = r#"
+state_dir = "/s"
+[[sinks]]
+kind = "stdout"
+[[sources]]
+kind = "storage"
+"#;
+
+const DEV_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+#[test]
+fn a_storage_source_takes_each_credential_form() {
+    // Account URL + shared key.
+    let text = format!(
+        "{STORAGE}account_url = \"http://127.0.0.1:10000/devstoreaccount1\"\naccount_name = \"devstoreaccount1\"\nshared_key = \"${{KEY}}\"\ntables = [\"DeviceProcessEvents\", \"emailevents\"]\nstart = \"now\"\npoll_interval = \"5s\"\n"
+    );
+    let c = Config::parse_with_vars(&text, vars(&[("KEY", DEV_KEY)])).unwrap();
+    let Source::Storage(s) = &c.sources[0] else {
+        panic!("storage source")
+    };
+    assert_eq!(c.sources[0].name(), "storage");
+    assert_eq!(
+        s.container_names(),
+        [
+            "insights-logs-advancedhunting-deviceprocessevents",
+            "insights-logs-advancedhunting-emailevents"
+        ]
+    );
+    assert_eq!(parse_storage_start(s.start.as_deref().unwrap()), Ok(StorageStart::Now));
+    assert_eq!(s.poll_interval.unwrap().0, std::time::Duration::from_secs(5));
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("Eby8vdM02"), "{debug}");
+
+    // Account URL + SAS, a prefix of one's own, every table by default.
+    let text = format!(
+        "{STORAGE}name = \"export\"\naccount_url = \"https://acct.blob.core.windows.net\"\nsas = \"sv=2021-08-06&sig=abc\"\ncontainer_prefix = \"defender-\"\n"
+    );
+    let c = Config::parse(&text).unwrap();
+    let Source::Storage(s) = &c.sources[0] else {
+        panic!("storage source")
+    };
+    assert_eq!(c.sources[0].name(), "export");
+    assert_eq!(s.container_names().len(), defender_schema::Table::ALL.len());
+    assert!(s.container_names().contains(&"defender-deviceinfo".to_owned()));
+
+    // A connection string.
+    let text = format!(
+        "{STORAGE}connection_string = \"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={DEV_KEY};EndpointSuffix=core.windows.net\"\nstart = \"2026-11-24T09:30:00Z\"\n"
+    );
+    let c = Config::parse(&text).unwrap();
+    assert!(matches!(&c.sources[0], Source::Storage(s) if s.connection_string.is_some()));
+    assert!(matches!(
+        parse_storage_start("2026-11-24T09:30:00Z"),
+        Ok(StorageStart::Time(_))
+    ));
+    assert_eq!(parse_storage_start("earliest"), Ok(StorageStart::Earliest));
+}
+
+#[test]
+fn bad_storage_sources_are_named() {
+    let url = "account_url = \"https://acct.blob.core.windows.net\"\n";
+    let cases: &[(String, &str)] = &[
+        (String::new(), "sources[0].account_url"),
+        (url.to_owned(), "sources[0].shared_key"),
+        (format!("{url}shared_key = \"{DEV_KEY}\"\n"), "sources[0].account_name"),
+        (
+            format!("{url}sas = \"sig=x\"\nshared_key = \"{DEV_KEY}\"\naccount_name = \"a\"\n"),
+            "sources[0].sas",
+        ),
+        (
+            format!("{url}sas = \"sig=x\"\naccount_name = \"a\"\n"),
+            "sources[0].account_name",
+        ),
+        (
+            format!("{url}connection_string = \"UseDevelopmentStorage=true\"\n"),
+            "sources[0].account_url",
+        ),
+        (
+            "connection_string = \"UseDevelopmentStorage=true\"\nsas = \"sig=x\"\n".to_owned(),
+            "sources[0].sas",
+        ),
+        (
+            "connection_string = \"AccountName=a\"\n".to_owned(),
+            "sources[0].connection_string",
+        ),
+        (
+            "account_url = \"https://acct.blob.core.windows.net/?sig=x\"\nsas = \"sig=x\"\n".to_owned(),
+            "sources[0].account_url",
+        ),
+        (
+            "account_url = \"ftp://acct\"\nsas = \"sig=x\"\n".to_owned(),
+            "sources[0].account_url",
+        ),
+        (
+            format!("{url}shared_key = \"not base64!\"\naccount_name = \"a\"\n"),
+            "sources[0].shared_key",
+        ),
+        (format!("{url}sas = \"sig=x\"\nhub = \"h\"\n"), "sources[0].hub"),
+        (
+            format!("{url}sas = \"sig=x\"\nhubs = \"per-table\"\n"),
+            "sources[0].hubs",
+        ),
+        (format!("{url}sas = \"sig=x\"\nprefetch = 3\n"), "sources[0].prefetch"),
+        (
+            format!("{url}sas = \"sig=x\"\nconsumer_group = \"g\"\n"),
+            "sources[0].consumer_group",
+        ),
+        (
+            format!("{url}sas = \"sig=x\"\ncredential = {{ kind = \"managed-identity\" }}\n"),
+            "sources[0].credential",
+        ),
+        (
+            format!("{url}sas = \"sig=x\"\ntables = [\"DeviceProcesEvents\"]\n"),
+            "sources[0].tables[0]",
+        ),
+        (format!("{url}sas = \"sig=x\"\ntables = []\n"), "sources[0].tables"),
+        (
+            format!("{url}sas = \"sig=x\"\nstart = \"yesterday\"\n"),
+            "sources[0].start",
+        ),
+        (
+            format!("{url}sas = \"sig=x\"\ncontainer_prefix = \"Defender_\"\n"),
+            "sources[0].container_prefix",
+        ),
+        (
+            format!("{url}sas = \"sig=x\"\ncontainer_prefix = \"{}\"\n", "a".repeat(50)),
+            "sources[0].container_prefix",
+        ),
+        (
+            format!("{url}sas = \"sig=x\"\npoll_interval = \"0s\"\n"),
+            "sources[0].poll_interval",
+        ),
+    ];
+    for (fields, field) in cases {
+        let e = err(&format!("{STORAGE}{fields}"), &[]);
+        assert!(e.contains(field), "{fields}: {e}");
+        assert!(!e.contains("Eby8vdM02"), "{e}");
+    }
+    // And the other way round: storage fields on a hub.
+    let e = err(
+        &format!("{MINIMAL}poll_interval = \"1s\"\n[[sinks]]\nkind = \"stdout\"\n"),
+        &[],
+    );
+    assert!(e.contains("sources[0].poll_interval") && e.contains("eventhub"), "{e}");
+    let e = err(
+        &format!("{MINIMAL}account_url = \"https://a\"\n[[sinks]]\nkind = \"stdout\"\n"),
+        &[],
+    );
+    assert!(e.contains("sources[0].account_url"), "{e}");
+    let e = err(
+        &format!("{MINIMAL}[[sinks]]\nkind = \"stdout\"\n").replace("eventhub", "blob"),
+        &[],
+    );
+    assert!(e.contains("sources[0].kind") && e.contains("storage"), "{e}");
+}
+
+#[test]
+fn hub_and_storage_sources_mix() {
+    let text = format!(
+        "{MINIMAL}[[sources]]\nkind = \"storage\"\nconnection_string = \"UseDevelopmentStorage=true\"\n[[sinks]]\nkind = \"stdout\"\n"
+    );
+    let c = Config::parse(&text).unwrap();
+    assert_eq!(
+        c.sources.iter().map(Source::name).collect::<Vec<_>>(),
+        ["eventhub", "storage"]
+    );
+    let e = err(
+        &text.replace("kind = \"storage\"\n", "kind = \"storage\"\nname = \"eventhub\"\n"),
+        &[],
+    );
+    assert!(e.contains("sources[1].name"), "{e}");
 }

@@ -3,9 +3,10 @@
 //!
 //! Transient failures (429, 5xx, timeouts, connection errors) are retried with exponential
 //! backoff and jitter, honouring `Retry-After`, for as long as it takes: the checkpoint waits, and
-//! reading pauses once the in-flight budget is used. Permanent refusals (400, 401, 403, 413) are
-//! narrowed down by splitting the request until the refused events are alone, and those go to the
-//! dead-letter store with the intake's reason. Events over the intake's size limit never leave.
+//! reading pauses once the in-flight budget is used. Other refusals (400, 413, ...) are narrowed
+//! down by splitting the request until the refused events are alone, and those go to the
+//! dead-letter store with the intake's reason; 401 and 403 refuse the key, so the whole request is
+//! dead-lettered at once. Events over the intake's size limit never leave.
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -332,7 +333,8 @@ async fn deliver(shared: &Shared, records: Vec<Record>, oldest: Option<Instant>)
                     tokio::time::sleep(delay).await;
                 }
                 Outcome::Refused { status, detail } => {
-                    if records.len() > 1 {
+                    // 401/403 refuse the key, not an event: splitting would only repeat it.
+                    if records.len() > 1 && !matches!(status, 401 | 403) {
                         // Find the refused events: split and send the halves on their own.
                         tracing::warn!(sink = %shared.ctx.name, status, %detail, events = records.len(), "intake refused a request; splitting it");
                         let mut left = records;
@@ -340,7 +342,7 @@ async fn deliver(shared: &Shared, records: Vec<Record>, oldest: Option<Instant>)
                         stack.push(right);
                         stack.push(left);
                     } else {
-                        tracing::error!(sink = %shared.ctx.name, status, %detail, "intake refused an event; dead-lettered");
+                        tracing::error!(sink = %shared.ctx.name, status, %detail, events = records.len(), "intake refused; dead-lettered");
                         let reason = format!("intake answered HTTP {status}: {detail}");
                         dead_letter(&shared.ctx, &records, &reason, &format!("http_{status}")).await;
                     }

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{Router, RouterShared, Unit};
+use super::{Framing, Router, RouterShared, Unit};
 use crate::config::{self, Credential, EventHubSource};
 use crate::delivery::Origin;
 use crate::tracker::{self, Committer};
@@ -94,9 +94,16 @@ impl Committer for HubCommitter {
     async fn commit(&self, stream: &str, position: &Position) -> Result<bool, String> {
         let r = self.checkpointer.checkpoint(position).await;
         match &r {
-            Ok(true) => self
-                .metrics
-                .add("defender_checkpoints_total", &[("source", &self.source)], 1),
+            Ok(true) => {
+                self.metrics
+                    .add("defender_checkpoints_total", &[("source", &self.source)], 1);
+                #[allow(clippy::cast_precision_loss)]
+                self.metrics.set(
+                    "defender_partition_checkpoint_sequence",
+                    &[("source", &self.source), ("partition", stream)],
+                    position.sequence_number as f64,
+                );
+            }
             Ok(false) => {}
             Err(_) => self
                 .metrics
@@ -226,6 +233,7 @@ async fn route_batch(
             stream,
             position,
             bodies,
+            framing: Framing::Envelopes,
         })
         .await;
 }

@@ -2,6 +2,7 @@
 //! record to the sinks that take its table, and register the unit with the source's tracker.
 
 pub mod eventhub;
+pub mod storage;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
-use defender_schema::split_body;
+use defender_schema::{RecordRef, parse_record, split_body};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::deadletter::{DeadLetters, Entry};
@@ -41,6 +42,18 @@ pub struct Unit<P> {
     pub position: P,
     /// The bodies with where each came from.
     pub bodies: Vec<(Bytes, Arc<Origin>)>,
+    /// How the bodies hold records.
+    pub framing: Framing,
+}
+
+/// How a unit's bodies hold records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Event Hub message bodies: `{"records": [...]}` envelopes.
+    Envelopes,
+    /// Complete lines of one record each (the Storage export); each body's `Origin::offset` is
+    /// its byte offset in the blob, from which every line's own offset is counted.
+    Lines,
 }
 
 /// What every router of the pipeline shares.
@@ -109,45 +122,42 @@ impl<P: Send + 'static> Router<P> {
         );
         m.add("defender_bytes_in_total", &[("source", &self.source)], bytes as u64);
 
-        let mut per_sink: Vec<Vec<Record>> = vec![Vec::new(); self.shared.sinks.len()];
-        let mut dead = Vec::new();
-        let mut per_table: HashMap<TableId, u64> = HashMap::new();
-        for (body, origin) in &unit.bodies {
-            match split_body(body) {
-                Err(e) => dead.push(Entry::new(FORWARDER, origin, None, e.to_string(), body)),
-                Ok(records) => {
-                    for r in records {
-                        let r = match r {
-                            Ok(r) => r,
-                            Err(bad) => {
-                                let reason = format!("record {} of the message: {}", bad.index, bad.error);
-                                dead.push(Entry::new(FORWARDER, origin, None, reason, bad.raw.as_bytes()));
-                                continue;
-                            }
-                        };
-                        let table = match r.table() {
-                            Some(t) => TableId::Known(t),
-                            None => TableId::Other(self.unknown_name(r.table_name())),
-                        };
-                        if self.shared.check_records {
-                            check(m, &table, &r);
-                        }
-                        *per_table.entry(table.clone()).or_default() += 1;
-                        let record = Record {
-                            raw: body.slice_ref(r.raw().as_bytes()),
-                            day: r.time().and_then(Day::of),
-                            table,
-                            origin: origin.clone(),
-                        };
-                        for (i, sink) in self.shared.sinks.iter().enumerate() {
-                            if sink.route.accepts(&record.table) {
-                                per_sink[i].push(record.clone());
+        let mut out = Routed {
+            per_sink: vec![Vec::new(); self.shared.sinks.len()],
+            dead: Vec::new(),
+            per_table: HashMap::new(),
+        };
+        match unit.framing {
+            Framing::Envelopes => {
+                for (body, origin) in &unit.bodies {
+                    match split_body(body) {
+                        Err(e) => out.dead.push(Entry::new(FORWARDER, origin, None, e.to_string(), body)),
+                        Ok(records) => {
+                            for r in records {
+                                match r {
+                                    Ok(r) => self.push(&mut out, body, &r, origin),
+                                    Err(bad) => {
+                                        let reason = format!("record {} of the message: {}", bad.index, bad.error);
+                                        out.dead
+                                            .push(Entry::new(FORWARDER, origin, None, reason, bad.raw.as_bytes()));
+                                    }
+                                }
                             }
                         }
                     }
                 }
             }
+            Framing::Lines => {
+                for (body, origin) in &unit.bodies {
+                    self.route_lines(&mut out, body, origin);
+                }
+            }
         }
+        let Routed {
+            per_sink,
+            dead,
+            per_table,
+        } = out;
         for (table, n) in per_table {
             m.add(
                 "defender_records_in_total",
@@ -185,6 +195,62 @@ impl<P: Send + 'static> Router<P> {
         self.touch();
     }
 
+    /// One good record: counted, checked, and queued for each sink that takes its table.
+    fn push(&mut self, out: &mut Routed, body: &Bytes, r: &RecordRef<'_>, origin: &Arc<Origin>) {
+        let table = match r.table() {
+            Some(t) => TableId::Known(t),
+            None => TableId::Other(self.unknown_name(r.table_name())),
+        };
+        if self.shared.check_records {
+            check(&self.shared.metrics, &table, r);
+        }
+        *out.per_table.entry(table.clone()).or_default() += 1;
+        let record = Record {
+            raw: body.slice_ref(r.raw().as_bytes()),
+            day: r.time().and_then(Day::of),
+            table,
+            origin: origin.clone(),
+        };
+        for (i, sink) in self.shared.sinks.iter().enumerate() {
+            if sink.route.accepts(&record.table) {
+                out.per_sink[i].push(record.clone());
+            }
+        }
+    }
+
+    /// A body of complete lines, one record each; blank lines are skipped, a line that is not a
+    /// Defender record is dead-lettered with its own byte offset.
+    fn route_lines(&mut self, out: &mut Routed, body: &Bytes, origin: &Arc<Origin>) {
+        let base = origin
+            .offset
+            .as_deref()
+            .and_then(|o| o.parse::<u64>().ok())
+            .unwrap_or(0);
+        let mut start = 0usize;
+        for line in body.split(|&b| b == b'\n') {
+            let offset = base + start as u64;
+            start += line.len() + 1;
+            let trimmed = line.trim_ascii();
+            if trimmed.is_empty() {
+                continue;
+            }
+            let at = Arc::new(Origin {
+                offset: Some(offset.to_string()),
+                ..Origin::clone(origin)
+            });
+            let parsed = std::str::from_utf8(trimmed)
+                .map_err(|e| format!("line is not UTF-8 (byte {})", e.valid_up_to()))
+                .and_then(|text| parse_record(text).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(r) => self.push(out, body, &r, &at),
+                Err(reason) => {
+                    let reason = format!("line at byte {offset}: {reason}");
+                    out.dead.push(Entry::new(FORWARDER, &at, None, reason, trimmed));
+                }
+            }
+        }
+    }
+
     fn touch(&self) {
         let ms = u64::try_from(self.shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.shared.last_activity.store(ms, Ordering::Relaxed);
@@ -200,6 +266,13 @@ impl<P: Send + 'static> Router<P> {
         }
         n
     }
+}
+
+/// What one unit routes to: records per sink, dead letters, counts per table.
+struct Routed {
+    per_sink: Vec<Vec<Record>>,
+    dead: Vec<Entry>,
+    per_table: HashMap<TableId, u64>,
 }
 
 fn check(m: &Metrics, table: &TableId, r: &defender_schema::RecordRef<'_>) {

@@ -1,0 +1,514 @@
+//! Defender's third delivery: the Storage-account export (one container per table, one append
+//! blob per hour, one record per line), read from Azurite by the real binary.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use common::{KEY, TABLES, archive_lines, record, seq_counts, stderr, table_of, wait_output};
+use defender_eventhub::blob::{BlobClient, BlobErrorKind, Condition, SharedKeyCredential, StorageCredential};
+use defender_testkit::{Azurite, Intake};
+
+const PREFIX: &str = "insights-logs-advancedhunting-";
+const TENANT: &str = "tenantId=5f2b6a1e-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
+const LIMIT: Duration = Duration::from_secs(60);
+/// Three hours over two days.
+const HOURS: &[&str] = &[
+    "y=2026/m=11/d=23/h=22",
+    "y=2026/m=11/d=23/h=23",
+    "y=2026/m=11/d=24/h=00",
+];
+
+fn blob(hour: &str) -> String {
+    format!("{TENANT}/{hour}/m=00/PT1H.json")
+}
+
+fn container(table: &str) -> String {
+    format!("{PREFIX}{}", table.to_lowercase())
+}
+
+/// Lines of the given records, each ended by `\n`.
+fn lines(numbers: impl IntoIterator<Item = u64>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for n in numbers {
+        out.extend_from_slice(record(n).as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+struct Export {
+    azurite: Azurite,
+    intake: Intake,
+    dir: tempfile::TempDir,
+}
+
+impl Export {
+    async fn start() -> Export {
+        let azurite = Azurite::start().await.expect("start Azurite");
+        for t in TABLES {
+            azurite.create_container(&container(t)).await.unwrap();
+        }
+        Export {
+            azurite,
+            intake: Intake::start(KEY).await.unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn client(&self, table: &str) -> BlobClient {
+        BlobClient::for_account(
+            &self.azurite.blob_endpoint(),
+            &container(table),
+            StorageCredential::SharedKey(SharedKeyCredential::development()),
+        )
+        .unwrap()
+    }
+
+    /// Appends `data` to the hour blob of `table`, creating the blob when missing.
+    async fn append(&self, table: &str, hour: &str, data: Vec<u8>) {
+        let client = self.client(table);
+        let name = blob(hour);
+        match client.create_append_blob(&name, &[], &Condition::IfNotExists).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == BlobErrorKind::Conflict => {}
+            Err(e) => panic!("create {name}: {e}"),
+        }
+        client.append_block(&name, data).await.unwrap();
+    }
+
+    /// Appends the records `numbers` to the blobs of their tables in `hour`, in appends of at
+    /// most `per_append` records.
+    async fn append_records(&self, hour: &str, numbers: impl IntoIterator<Item = u64>, per_append: usize) {
+        let mut by_table: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        for n in numbers {
+            by_table.entry(table_of(n)).or_default().push(n);
+        }
+        for (table, numbers) in by_table {
+            for chunk in numbers.chunks(per_append) {
+                self.append(table, hour, lines(chunk.iter().copied())).await;
+            }
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn source(&self, name: &str, extra: &str) -> String {
+        let tables: Vec<String> = TABLES
+            .iter()
+            .chain(&["UrlClickEvents"]) // no container: looked for, never an error
+            .map(|t| format!("\"{t}\""))
+            .collect();
+        format!(
+            r#"
+[[sources]]
+kind = "storage"
+name = "{name}"
+account_url = "{endpoint}"
+account_name = "devstoreaccount1"
+shared_key = "${{TEST_STORAGE_KEY}}"
+tables = [{tables}]
+poll_interval = "200ms"
+owner_id = "{name}-under-test"
+ownership_update_interval = "1s"
+ownership_expiry = "5s"
+{extra}
+"#,
+            endpoint = self.azurite.blob_endpoint(),
+            tables = tables.join(", "),
+        )
+    }
+
+    fn sinks(&self) -> String {
+        format!(
+            "[[sinks]]\nkind = \"sekoia\"\nurl = \"{}\"\nintake_key = \"${{TEST_INTAKE_KEY}}\"\nlinger = \"50ms\"\nmax_backoff = \"1s\"\n\n[[sinks]]\nkind = \"files\"\ndir = \"{}\"\nflush_interval = \"200ms\"\n",
+            self.intake.url(),
+            self.path("archive").display()
+        )
+    }
+
+    fn config(&self, file: &str, body: &str) -> PathBuf {
+        let text = format!(
+            "state_dir = \"{}\"\n[forwarder]\ncheckpoint_interval = \"200ms\"\nshutdown_timeout = \"20s\"\n{body}",
+            self.path("state").display()
+        );
+        let path = self.path(file);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn command(&self, config: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_defender-forwarder"));
+        c.arg("--config")
+            .arg(config)
+            .args(args)
+            .env("TEST_STORAGE_KEY", self.azurite.account_key())
+            .env("TEST_INTAKE_KEY", KEY)
+            .env(
+                "DEFENDER_LOG",
+                std::env::var("DEFENDER_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    async fn run_until_idle(&self, config: &Path, idle: f64) -> std::process::Output {
+        let child = self
+            .command(config, &["--exit-when-idle", &idle.to_string()])
+            .spawn()
+            .unwrap();
+        let out = wait_output(child, LIMIT).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        out
+    }
+
+    fn spawn(&self, config: &Path) -> Child {
+        self.command(config, &[]).spawn().unwrap()
+    }
+
+    fn archived(&self) -> Vec<String> {
+        archive_lines(&self.path("archive"))
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect()
+    }
+
+    fn dead_letters(&self) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        let Ok(days) = std::fs::read_dir(self.path("state").join("dead-letters")) else {
+            return out;
+        };
+        for day in days {
+            for f in std::fs::read_dir(day.unwrap().path()).unwrap() {
+                let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+                out.extend(text.lines().map(|l| serde_json::from_str(l).unwrap()));
+            }
+        }
+        out
+    }
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn duplicates(counts: &BTreeMap<u64, usize>) -> usize {
+    counts.values().map(|c| c - 1).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_arrives_once_and_appends_and_half_lines_follow() {
+    let env = Export::start().await;
+    // 3000 records: five tables, three hour blobs over two days, each blob grown by many appends.
+    let n = 3000u64;
+    for (i, hour) in HOURS.iter().enumerate() {
+        let i = i as u64;
+        env.append_records(hour, i * 1000..(i + 1) * 1000, 37).await;
+    }
+    let config = env.config(
+        "storage.toml",
+        &format!("{}\n{}", env.source("export", ""), env.sinks()),
+    );
+    let out = env.run_until_idle(&config, 1.5).await;
+    let log = stderr(&out);
+    assert!(log.contains("insights-logs-advancedhunting-urlclickevents"), "{log}");
+
+    // Exactly what was written, once, byte for byte; the archive too.
+    let events = env.intake.events();
+    assert_eq!(events.len() as u64, n, "no duplicates without faults");
+    let expected: BTreeSet<String> = (0..n).map(record).collect();
+    assert!(events.iter().cloned().collect::<BTreeSet<_>>() == expected);
+    let archived = env.archived();
+    assert_eq!(archived.len() as u64, n);
+    assert!(archived.into_iter().collect::<BTreeSet<_>>() == expected);
+
+    // While a forwarder runs: more lines in the newest hour, one of them written in two halves
+    // with a pause between, and a new hour blob.
+    let mut child = env.spawn(&config);
+    let newest = HOURS[2];
+    let table = table_of(n);
+    let half = record(n);
+    let (first, second) = half.split_at(half.len() / 2);
+    let mut data = lines([n + 5]);
+    data.extend_from_slice(first.as_bytes());
+    env.append(table, newest, data).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await; // several polls see the half line
+    let mut data = second.as_bytes().to_vec();
+    data.push(b'\n');
+    data.extend_from_slice(&lines([n + 10]));
+    env.append(table, newest, data).await;
+    env.append_records("y=2026/m=11/d=24/h=01", n + 100..n + 200, 10).await;
+    let want = usize::try_from(n).unwrap() + 3 + 100;
+    assert!(
+        env.intake.wait_for(want, LIMIT).await,
+        "only {}",
+        env.intake.event_count()
+    );
+    sigterm(&child);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM exit: {status}");
+    // A restart has nothing left to send.
+    env.run_until_idle(&config, 1.0).await;
+
+    let events = env.intake.events();
+    let counts = seq_counts(&events);
+    assert_eq!(events.len(), want, "duplicates or extras: {}", duplicates(&counts));
+    assert!(events.contains(&half), "the line written in two halves arrives whole");
+    for s in (0..n).chain([n, n + 5, n + 10]).chain(n + 100..n + 200) {
+        assert_eq!(counts.get(&s), Some(&1), "record {s}");
+    }
+    let archived = env.archived();
+    assert_eq!(seq_counts(&archived).len(), want);
+    assert_eq!(archived.len(), want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_line_is_dead_lettered_with_its_blob_and_offset() {
+    let env = Export::start().await;
+    let table = TABLES[0];
+    let good_before = lines((0..50).map(|i| i * 5));
+    let bad = b"{\"time\": \"2026-11-24T00:00:00Z\", \"properties\": {\"no\": \"category\"}}\n".to_vec();
+    let broken = b"{\"time\": \"2026-11-24T00:00:00Z\", \"category\": \"AdvancedHunting-X\", \"pro\n".to_vec();
+    let good_after = lines((50..100).map(|i| i * 5));
+    let mut data = good_before.clone();
+    let bad_at = data.len();
+    data.extend_from_slice(&bad);
+    let broken_at = data.len();
+    data.extend_from_slice(&broken);
+    // A CRLF line and a blank line are fine.
+    data.extend_from_slice(record(1000).as_bytes());
+    data.extend_from_slice(b"\r\n\n");
+    data.extend_from_slice(&good_after);
+    env.append(table, HOURS[0], data).await;
+    let config = env.config("bad.toml", &format!("{}\n{}", env.source("export", ""), env.sinks()));
+    env.run_until_idle(&config, 1.5).await;
+
+    let counts = seq_counts(&env.intake.events());
+    assert_eq!(counts.len(), 101);
+    assert!(counts.values().all(|c| *c == 1));
+    let letters = env.dead_letters();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let partition = format!("{}/{}", container(table), blob(HOURS[0]));
+    for (letter, at, raw) in [(&letters[0], bad_at, &bad), (&letters[1], broken_at, &broken)] {
+        assert_eq!(letter["sink"], "forwarder");
+        assert_eq!(letter["source"], "export");
+        assert_eq!(letter["partition"], partition.as_str());
+        assert_eq!(letter["offset"], at.to_string().as_str(), "{letter}");
+        assert_eq!(
+            letter["record"].as_str().unwrap().as_bytes(),
+            raw.trim_ascii_end(),
+            "{letter}"
+        );
+        assert!(
+            letter["reason"].as_str().unwrap().contains(&format!("byte {at}")),
+            "{letter}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_points_loses_nothing() {
+    let env = Export::start().await;
+    let n = 20_000u64;
+    for (i, hour) in HOURS.iter().take(2).enumerate() {
+        let i = i as u64;
+        env.append_records(hour, i * (n / 2)..(i + 1) * (n / 2), 500).await;
+    }
+    let config = env.config(
+        "kill.toml",
+        &format!(
+            "max_in_flight_mib = 2\n{}\n{}",
+            env.source("export", ""),
+            env.sinks().replace("linger", "batch_events = 200\nlinger")
+        ),
+    );
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();
+    let mut seed = (now.as_secs() ^ u64::from(now.subsec_nanos()) << 20) | 1;
+    eprintln!("seed {seed}");
+    let rounds = 4u64;
+    let mut total = n;
+    let mut pending_half: Option<(String, &str)> = None;
+    let mut halves = Vec::new();
+    for round in 0..rounds {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // More lines arrive in the newest hour between runs, one of them cut across two rounds.
+        let table = TABLES[usize::try_from(round).unwrap() % TABLES.len()];
+        let mut data = Vec::new();
+        if let Some((rest, t)) = pending_half.take() {
+            // Finish the other table's half line first.
+            let mut tail = rest.into_bytes();
+            tail.push(b'\n');
+            env.append(t, HOURS[2], tail).await;
+        }
+        for s in total..total + 200 {
+            if table_of(s) == table {
+                data.extend_from_slice(record(s).as_bytes());
+                data.push(b'\n');
+            }
+        }
+        // A record of this table, numbered apart from the others.
+        let h = (total + 1000..).find(|s| table_of(*s) == table).unwrap();
+        halves.push(h);
+        let cut = record(h);
+        let (first, second) = cut.split_at(cut.len() / 3);
+        data.extend_from_slice(first.as_bytes());
+        env.append(table, HOURS[2], data).await;
+        env.append_records(HOURS[2], (total..total + 200).filter(|s| table_of(*s) != table), 50)
+            .await;
+        pending_half = Some((second.to_owned(), table));
+        total += 200;
+
+        let before = env.intake.event_count();
+        let mut child = env.spawn(&config);
+        let started = std::time::Instant::now();
+        if round % 2 == 1 {
+            tokio::time::sleep(Duration::from_millis(seed % 300)).await;
+        } else {
+            let target = before + 2000 + usize::try_from(seed % 8000).unwrap();
+            env.intake.wait_for(target, Duration::from_secs(20)).await;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        eprintln!(
+            "round {round}: killed after {:?}, intake {before} -> {}",
+            started.elapsed(),
+            env.intake.event_count()
+        );
+    }
+    if let Some((rest, t)) = pending_half.take() {
+        let mut tail = rest.into_bytes();
+        tail.push(b'\n');
+        env.append(t, HOURS[2], tail).await;
+    }
+    env.run_until_idle(&config, 1.5).await;
+
+    let expected: Vec<u64> = (0..total).chain(halves.iter().copied()).collect();
+    let counts = seq_counts(&env.intake.events());
+    let missing: Vec<u64> = expected.iter().copied().filter(|i| !counts.contains_key(i)).collect();
+    assert!(
+        missing.is_empty(),
+        "intake lost {} records, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(counts.len(), expected.len(), "records that were never written");
+    let archived = seq_counts(&env.archived());
+    let missing: Vec<u64> = expected.iter().copied().filter(|i| !archived.contains_key(i)).collect();
+    assert!(
+        missing.is_empty(),
+        "archive lost {} records, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    for h in &halves {
+        assert!(env.intake.events().contains(&record(*h)), "half line {h} arrives whole");
+    }
+    eprintln!(
+        "{rounds} SIGKILLs, {} records: lost 0; duplicates intake {}, archive {}",
+        expected.len(),
+        duplicates(&counts),
+        duplicates(&archived)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_and_storage_sources_feed_the_same_sinks() {
+    let hub = common::Env::start(2).await;
+    let env = Export::start().await;
+    hub.send(common::bodies(0..1000, 50));
+    env.append_records(HOURS[0], 1000..2000, 100).await;
+    let sinks = format!(
+        "[[sinks]]\nkind = \"sekoia\"\nurl = \"{}\"\nintake_key = \"${{TEST_INTAKE_KEY}}\"\nlinger = \"50ms\"\n\n[[sinks]]\nkind = \"files\"\ndir = \"{}\"\nflush_interval = \"200ms\"\n",
+        hub.intake.url(),
+        hub.path("archive").display()
+    );
+    let config = hub.config(&format!("{}\n{sinks}", env.source("export", "")));
+    let mut cmd = hub.command(&config, &["--exit-when-idle", "1.5"]);
+    cmd.env("TEST_STORAGE_KEY", env.azurite.account_key())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let out = wait_output(cmd.spawn().unwrap(), LIMIT).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let expected: BTreeSet<String> = (0..2000).map(record).collect();
+    let events = hub.intake.events();
+    assert_eq!(events.len(), 2000);
+    assert!(events.into_iter().collect::<BTreeSet<_>>() == expected);
+    let archived: Vec<String> = archive_lines(&hub.path("archive"))
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    assert_eq!(archived.len(), 2000);
+    assert!(archived.into_iter().collect::<BTreeSet<_>>() == expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_the_containers_and_lose_nothing() {
+    let env = Export::start().await;
+    let n = 5000u64;
+    env.append_records(HOURS[0], 0..n, 100).await;
+    // One checkpoint directory, two instances with their own state (and only the intake sink:
+    // an archive directory belongs to one forwarder).
+    let checkpoints = env.path("checkpoints");
+    let sink = format!(
+        "[[sinks]]\nkind = \"sekoia\"\nurl = \"{}\"\nintake_key = \"${{TEST_INTAKE_KEY}}\"\nlinger = \"50ms\"\n",
+        env.intake.url()
+    );
+    let configs: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|who| {
+            let text = format!(
+                "state_dir = \"{}\"\n[forwarder]\ncheckpoint_interval = \"200ms\"\n[checkpoints]\ndir = \"{}\"\n{}\n{sink}",
+                env.path(&format!("state-{who}")).display(),
+                checkpoints.display(),
+                env.source("export", "").replace("export-under-test", &format!("instance-{who}")),
+            );
+            let path = env.path(&format!("{who}.toml"));
+            std::fs::write(&path, text).unwrap();
+            path
+        })
+        .collect();
+    let a = env.spawn(&configs[0]);
+    let b = env.spawn(&configs[1]);
+    assert!(env.intake.wait_for(usize::try_from(n).unwrap(), LIMIT).await);
+    // More lines once both run: each container is read by one of them.
+    env.append_records(HOURS[1], n..n + 500, 50).await;
+    let want = usize::try_from(n).unwrap() + 500;
+    assert!(env.intake.wait_for(want, LIMIT).await, "{}", env.intake.event_count());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    sigterm(&a);
+    sigterm(&b);
+    let (a, b) = (wait_output(a, LIMIT).await, wait_output(b, LIMIT).await);
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}\n{}",
+        stderr(&a),
+        stderr(&b)
+    );
+    let counts = seq_counts(&env.intake.events());
+    assert_eq!(counts.len(), want);
+    let (log_a, log_b) = (stderr(&a), stderr(&b));
+    let reading = |log: &str| log.matches("reading container").count();
+    eprintln!(
+        "two instances: {want} records, duplicates {}; containers taken: a {}, b {}",
+        duplicates(&counts),
+        reading(&log_a),
+        reading(&log_b)
+    );
+    assert!(
+        reading(&log_a) > 0 && reading(&log_b) > 0,
+        "one instance read everything:\n{log_a}\n{log_b}"
+    );
+}
