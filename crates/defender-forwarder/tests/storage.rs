@@ -507,6 +507,9 @@ async fn two_instances_share_the_containers_and_lose_nothing() {
         reading(&log_a),
         reading(&log_b)
     );
+    if std::env::var("SHOW_LOGS").is_ok() {
+        eprintln!("--- a\n{log_a}\n--- b\n{log_b}");
+    }
     assert!(
         reading(&log_a) > 0 && reading(&log_b) > 0,
         "one instance read everything:\n{log_a}\n{log_b}"
