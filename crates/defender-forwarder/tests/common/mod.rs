@@ -160,10 +160,22 @@ ownership_expiry = "5s"
         wait_output(child, limit).await
     }
 
+    /// Starts the forwarder in the background; its log goes to `forwarder.log` in the test's
+    /// directory (a pipe nobody reads would block it once full).
     pub fn spawn(&self, config: &Path, args: &[&str]) -> Child {
         let mut cmd = self.command(config, args);
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("forwarder.log"))
+            .unwrap();
+        cmd.stdout(Stdio::null()).stderr(log);
         cmd.spawn().unwrap()
+    }
+
+    /// What background forwarders logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("forwarder.log")).unwrap_or_default()
     }
 }
 
