@@ -2,7 +2,7 @@
 //! local archive, stdout), at least once.
 //!
 //! The one invariant everything here serves: **a checkpoint never passes an undelivered event.**
-//! Every event read gets a [`Ticket`](delivery::Ticket); every sink that routes any of its records
+//! Every event read gets a ticket; every sink that routes any of its records
 //! holds an [`Ack`](delivery::Ack) for it and acknowledges only once the records are delivered (or
 //! dead-lettered). The per-source [`tracker`] turns completed tickets into checkpoints, highest
 //! contiguous position first.

@@ -22,7 +22,7 @@ async fn sigkill_at_random_points_loses_nothing() {
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();
     let mut seed = (now.as_secs() ^ u64::from(now.subsec_nanos()) << 20) | 1;
     eprintln!("seed {seed}");
-    let rounds = 8;
+    let rounds = 20;
     for round in 0..rounds {
         seed ^= seed << 13;
         seed ^= seed >> 7;
@@ -37,7 +37,7 @@ async fn sigkill_at_random_points_loses_nothing() {
             tokio::time::sleep(Duration::from_millis(seed % 400)).await;
         } else {
             // Mid-stream: after a random number of further records reached the intake.
-            let target = before + 5000 + usize::try_from(seed % 20_000).unwrap();
+            let target = before + 2000 + usize::try_from(seed % 10_000).unwrap();
             env.intake.wait_for(target, Duration::from_secs(30)).await;
         }
         child.kill().unwrap();

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use common::{KEY, TABLES, archive_lines, record, seq_counts, stderr, table_of, wait_output};
 use defender_eventhub::blob::{BlobClient, BlobErrorKind, Condition, SharedKeyCredential, StorageCredential};
-use defender_testkit::{Azurite, Intake};
+use defender_testkit::{Azurite, Faults, Intake};
 
 const PREFIX: &str = "insights-logs-advancedhunting-";
 const TENANT: &str = "tenantId=5f2b6a1e-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
@@ -148,6 +148,7 @@ ownership_expiry = "5s"
             .arg(config)
             .args(args)
             .env("TEST_STORAGE_KEY", self.azurite.account_key())
+            .env("TEST_STORAGE_CS", self.azurite.connection_string())
             .env("TEST_INTAKE_KEY", KEY)
             .env(
                 "DEFENDER_LOG",
@@ -169,8 +170,15 @@ ownership_expiry = "5s"
         out
     }
 
+    /// Starts a forwarder in the background, logging to `<config>.log` (a pipe nobody reads
+    /// would block it once full).
     fn spawn(&self, config: &Path) -> Child {
-        self.command(config, &[]).spawn().unwrap()
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(config.with_extension("log"))
+            .unwrap();
+        self.command(config, &[]).stderr(log).spawn().unwrap()
     }
 
     fn archived(&self) -> Vec<String> {
@@ -216,9 +224,14 @@ async fn every_line_arrives_once_and_appends_and_half_lines_follow() {
         let i = i as u64;
         env.append_records(hour, i * 1000..(i + 1) * 1000, 37).await;
     }
+    // Checkpoints and ownership in the same account, as the Azure SDKs lay them out.
     let config = env.config(
         "storage.toml",
-        &format!("{}\n{}", env.source("export", ""), env.sinks()),
+        &format!(
+            "[checkpoints]\nkind = \"blob\"\nconnection_string = \"${{TEST_STORAGE_CS}}\"\ncontainer = \"checkpoints\"\n{}\n{}",
+            env.source("export", ""),
+            env.sinks()
+        ),
     );
     let out = env.run_until_idle(&config, 1.5).await;
     let log = stderr(&out);
@@ -232,6 +245,40 @@ async fn every_line_arrives_once_and_appends_and_half_lines_follow() {
     let archived = env.archived();
     assert_eq!(archived.len() as u64, n);
     assert!(archived.into_iter().collect::<BTreeSet<_>>() == expected);
+
+    // One checkpoint per hour blob, at its end; one ownership record per container.
+    let store = BlobClient::for_account(
+        &env.azurite.blob_endpoint(),
+        "checkpoints",
+        StorageCredential::SharedKey(SharedKeyCredential::development()),
+    )
+    .unwrap();
+    let account = format!("127.0.0.1:{}_devstoreaccount1", env.azurite.port());
+    let records = store.list_blobs(&account).await.unwrap();
+    for t in TABLES {
+        for hour in HOURS {
+            let name = format!(
+                "{account}/{}/$storage/checkpoint/{}",
+                container(t),
+                blob(hour).to_lowercase().replace('/', "_")
+            );
+            let cp = records
+                .iter()
+                .find(|b| b.name == name)
+                .unwrap_or_else(|| panic!("no {name} in {records:#?}"));
+            let length = env.client(t).get_properties(&blob(hour)).await.unwrap().content_length;
+            assert_eq!(cp.metadata["offset"], length.to_string());
+            assert_eq!(cp.metadata["sequencenumber"], length.to_string());
+        }
+        let start = format!("{account}/{}/$storage/checkpoint/$start", container(t));
+        assert!(
+            records
+                .iter()
+                .any(|b| b.name == start && b.metadata["offset"] == "earliest")
+        );
+        let lease = format!("{account}/$containers/$storage/ownership/{}", container(t));
+        assert!(records.iter().any(|b| b.name == lease), "{lease}");
+    }
 
     // While a forwarder runs: more lines in the newest hour, one of them written in two halves
     // with a pause between, and a new hour blob.
@@ -250,14 +297,16 @@ async fn every_line_arrives_once_and_appends_and_half_lines_follow() {
     env.append(table, newest, data).await;
     env.append_records("y=2026/m=11/d=24/h=01", n + 100..n + 200, 10).await;
     let want = usize::try_from(n).unwrap() + 3 + 100;
+    let log = || std::fs::read_to_string(config.with_extension("log")).unwrap_or_default();
     assert!(
         env.intake.wait_for(want, LIMIT).await,
-        "only {}",
-        env.intake.event_count()
+        "only {}:\n{}",
+        env.intake.event_count(),
+        log()
     );
     sigterm(&child);
     let status = child.wait().unwrap();
-    assert!(status.success(), "SIGTERM exit: {status}");
+    assert!(status.success(), "SIGTERM exit: {status}\n{}", log());
     // A restart has nothing left to send.
     env.run_until_idle(&config, 1.0).await;
 
@@ -330,13 +379,21 @@ async fn sigkill_at_random_points_loses_nothing() {
         &format!(
             "max_in_flight_mib = 2\n{}\n{}",
             env.source("export", ""),
-            env.sinks().replace("linger", "batch_events = 200\nlinger")
+            env.sinks().replace("linger", "batch_events = 50\nlinger")
         ),
     );
+    // A slow intake (about 5000 records/s) keeps each run going for a while: kills land mid-run,
+    // after checkpoints were written, not only in the first moments.
+    env.intake.set_faults(Faults {
+        slow: 1.0,
+        slow_delay: Duration::from_millis(40),
+        ..Faults::default()
+    });
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();
     let mut seed = (now.as_secs() ^ u64::from(now.subsec_nanos()) << 20) | 1;
     eprintln!("seed {seed}");
-    let rounds = 4u64;
+    let rounds = 5u64;
+    let mut delivered_before_kills = 0;
     let mut total = n;
     let mut pending_half: Option<(String, &str)> = None;
     let mut halves = Vec::new();
@@ -360,7 +417,7 @@ async fn sigkill_at_random_points_loses_nothing() {
             }
         }
         // A record of this table, numbered apart from the others.
-        let h = (total + 1000..).find(|s| table_of(*s) == table).unwrap();
+        let h = (total + 1000..total + 1010).find(|s| table_of(*s) == table).unwrap();
         halves.push(h);
         let cut = record(h);
         let (first, second) = cut.split_at(cut.len() / 3);
@@ -377,11 +434,12 @@ async fn sigkill_at_random_points_loses_nothing() {
         if round % 2 == 1 {
             tokio::time::sleep(Duration::from_millis(seed % 300)).await;
         } else {
-            let target = before + 2000 + usize::try_from(seed % 8000).unwrap();
+            let target = before + 1000 + usize::try_from(seed % 4000).unwrap();
             env.intake.wait_for(target, Duration::from_secs(20)).await;
         }
         child.kill().unwrap();
         child.wait().unwrap();
+        delivered_before_kills += env.intake.event_count() - before;
         eprintln!(
             "round {round}: killed after {:?}, intake {before} -> {}",
             started.elapsed(),
@@ -393,6 +451,7 @@ async fn sigkill_at_random_points_loses_nothing() {
         tail.push(b'\n');
         env.append(t, HOURS[2], tail).await;
     }
+    env.intake.set_faults(Faults::default());
     env.run_until_idle(&config, 1.5).await;
 
     let expected: Vec<u64> = (0..total).chain(halves.iter().copied()).collect();
@@ -417,7 +476,7 @@ async fn sigkill_at_random_points_loses_nothing() {
         assert!(env.intake.events().contains(&record(*h)), "half line {h} arrives whole");
     }
     eprintln!(
-        "{rounds} SIGKILLs, {} records: lost 0; duplicates intake {}, archive {}",
+        "{rounds} SIGKILLs, {} records ({delivered_before_kills} delivered before the kills): lost 0; duplicates intake {}, archive {}",
         expected.len(),
         duplicates(&counts),
         duplicates(&archived)
@@ -487,20 +546,16 @@ async fn two_instances_share_the_containers_and_lose_nothing() {
     env.append_records(HOURS[1], n..n + 500, 50).await;
     let want = usize::try_from(n).unwrap() + 500;
     assert!(env.intake.wait_for(want, LIMIT).await, "{}", env.intake.event_count());
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     sigterm(&a);
     sigterm(&b);
     let (a, b) = (wait_output(a, LIMIT).await, wait_output(b, LIMIT).await);
-    assert!(
-        a.status.success() && b.status.success(),
-        "{}\n{}",
-        stderr(&a),
-        stderr(&b)
-    );
+    let log = |p: &PathBuf| std::fs::read_to_string(p.with_extension("log")).unwrap();
+    let (log_a, log_b) = (log(&configs[0]), log(&configs[1]));
+    assert!(a.status.success() && b.status.success(), "{log_a}\n{log_b}");
     let counts = seq_counts(&env.intake.events());
     assert_eq!(counts.len(), want);
-    let (log_a, log_b) = (stderr(&a), stderr(&b));
-    let reading = |log: &str| log.matches("reading container").count();
+    let reading = |log: &str| log.matches("container acquired").count();
     eprintln!(
         "two instances: {want} records, duplicates {}; containers taken: a {}, b {}",
         duplicates(&counts),

@@ -358,3 +358,42 @@ fn hub_and_storage_sources_mix() {
     );
     assert!(e.contains("sources[1].name"), "{e}");
 }
+
+#[test]
+fn the_three_delivery_examples_of_the_reference_parse() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md")).unwrap();
+    let section = doc
+        .split("## Three deliveries")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("the section");
+    let blocks: Vec<&str> = section
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert_eq!(blocks.len(), 3);
+    let v = vars(&[
+        (
+            "DEFENDER_EVENTHUB_CONNECTION_STRING",
+            &format!("{CS};EntityPath=defender"),
+        ),
+        ("DEFENDER_NAMESPACE_CONNECTION_STRING", CS),
+        ("DEFENDER_CHECKPOINT_STORAGE", "UseDevelopmentStorage=true"),
+        ("DEFENDER_STORAGE_SAS", "sv=2021-08-06&sig=abc"),
+        ("SEKOIA_INTAKE_KEY", "k"),
+    ]);
+    let kinds: Vec<String> = blocks
+        .iter()
+        .map(|b| {
+            let c = Config::parse_with_vars(b, v.clone()).unwrap_or_else(|e| panic!("{e}\n{b}"));
+            match &c.sources[0] {
+                Source::Eventhub(h) if h.hubs.is_some() => "per-table".to_owned(),
+                Source::Eventhub(_) => "hub".to_owned(),
+                Source::Storage(s) => format!("storage {}", s.container_names().len()),
+            }
+        })
+        .collect();
+    assert_eq!(kinds, ["hub", "per-table", "storage 5"]);
+}

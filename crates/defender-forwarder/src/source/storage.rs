@@ -52,6 +52,8 @@ pub const LEASE_HUB: &str = "$containers";
 pub const START_RECORD: &str = "$start";
 /// Bytes read per request.
 pub const CHUNK: u64 = 4 * 1024 * 1024;
+/// Bytes of lines per unit (and so per checkpoint step).
+pub const UNIT_BYTES: usize = 256 * 1024;
 /// A blob's last line without a newline is taken as complete once a newer hour blob exists and
 /// the blob has not changed for this long.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(600);
@@ -213,6 +215,13 @@ pub fn take_complete_lines(carry: &mut Vec<u8>, mut data: Vec<u8>) -> Option<Vec
 // ---------------------------------------------------------------------------------------------
 // Ownership of containers.
 
+/// A container handed to its reading task: held under `generation`, to be read from `not_before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Grant {
+    generation: u64,
+    not_before: Instant,
+}
+
 struct Held {
     generation: u64,
     ownership: Ownership,
@@ -227,7 +236,7 @@ struct Leases {
     containers: Vec<String>,
     balancing: Balancing,
     held: Mutex<BTreeMap<String, Held>>,
-    watch: BTreeMap<String, watch::Sender<Option<u64>>>,
+    watch: BTreeMap<String, watch::Sender<Option<Grant>>>,
     generation: AtomicU64,
     source: Arc<str>,
     metrics: Arc<Metrics>,
@@ -265,12 +274,27 @@ impl Leases {
             .into_iter()
             .filter(|o| self.containers.contains(&o.partition_id))
             .collect();
+        let now = OffsetDateTime::now_utc();
+        // Containers another instance holds and renews: taking one is a steal, and that
+        // instance reads on until its next renewal tells it so.
+        let active_elsewhere: HashSet<String> = listed
+            .iter()
+            .filter(|o| {
+                let owner = o.owner_id.as_deref().unwrap_or_default();
+                let fresh = o.last_modified_time.is_some_and(|t| {
+                    let age = now - t;
+                    age.is_negative() || age.unsigned_abs() < self.balancing.expiry
+                });
+                !owner.is_empty() && owner != self.owner_id && fresh
+            })
+            .map(|o| o.partition_id.clone())
+            .collect();
         let plan = defender_eventhub::plan(
             &self.owner_id,
             &self.containers,
             &listed,
             &self.template(),
-            OffsetDateTime::now_utc(),
+            now,
             self.balancing.expiry,
         );
         let claims: Vec<Ownership> = if take { plan.claims() } else { plan.renew.clone() };
@@ -296,8 +320,15 @@ impl Leases {
                 h.renewed = Instant::now();
             } else if take {
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::info!(source = %self.source, container = %o.partition_id, generation, "reading container");
                 let container = o.partition_id.clone();
+                // After a steal, wait for the previous owner to notice before reading, so that
+                // two instances do not read the same lines at once.
+                let delay = if active_elsewhere.contains(&container) {
+                    self.balancing.update_interval
+                } else {
+                    Duration::ZERO
+                };
+                tracing::info!(source = %self.source, container = %container, generation, delay = ?delay, "container acquired");
                 held.insert(
                     container.clone(),
                     Held {
@@ -308,7 +339,10 @@ impl Leases {
                 );
                 drop(held);
                 if let Some(w) = self.watch.get(&container) {
-                    w.send_replace(Some(generation));
+                    w.send_replace(Some(Grant {
+                        generation,
+                        not_before: Instant::now() + delay,
+                    }));
                 }
             }
         }
@@ -517,7 +551,7 @@ pub async fn start(
         }
     }
     tracing::info!(source = %source, account = %settings.namespace, containers = settings.containers.len(), "reading Storage account export");
-    let watch: BTreeMap<String, watch::Sender<Option<u64>>> = settings
+    let watch: BTreeMap<String, watch::Sender<Option<Grant>>> = settings
         .containers
         .iter()
         .map(|c| (c.clone(), watch::Sender::new(None)))
@@ -588,7 +622,7 @@ async fn container_loop(
     ctx: Arc<Ctx>,
     client: BlobClient,
     mut router: Router<BlobPosition>,
-    mut lease: watch::Receiver<Option<u64>>,
+    mut lease: watch::Receiver<Option<Grant>>,
 ) {
     let container: Arc<str> = Arc::from(client.container());
     loop {
@@ -596,8 +630,22 @@ async fn container_loop(
             if ctx.stop.is_cancelled() {
                 return;
             }
-            if let Some(g) = *lease.borrow_and_update() {
-                break g;
+            let grant = *lease.borrow_and_update();
+            if let Some(g) = grant {
+                let now = Instant::now();
+                if g.not_before <= now {
+                    break g.generation;
+                }
+                tokio::select! {
+                    () = ctx.stop.cancelled() => return,
+                    changed = lease.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep(g.not_before - now) => {
+                        if *lease.borrow() == grant {
+                            break g.generation;
+                        }
+                    }
+                }
+                continue;
             }
             tokio::select! {
                 () = ctx.stop.cancelled() => return,
@@ -613,12 +661,12 @@ async fn container_loop(
     }
 }
 
-fn held(ctx: &Ctx, lease: &watch::Receiver<Option<u64>>, generation: u64) -> bool {
-    !ctx.stop.is_cancelled() && *lease.borrow() == Some(generation)
+fn held(ctx: &Ctx, lease: &watch::Receiver<Option<Grant>>, generation: u64) -> bool {
+    !ctx.stop.is_cancelled() && lease.borrow().is_some_and(|g| g.generation == generation)
 }
 
 /// Waits `d`, or less when stopping or when the ownership changes.
-async fn pause(ctx: &Ctx, lease: &mut watch::Receiver<Option<u64>>, d: Duration) {
+async fn pause(ctx: &Ctx, lease: &mut watch::Receiver<Option<Grant>>, d: Duration) {
     tokio::select! {
         () = ctx.stop.cancelled() => {}
         _ = lease.changed() => {}
@@ -631,7 +679,7 @@ async fn read_while_held(
     client: &BlobClient,
     container: &Arc<str>,
     router: &mut Router<BlobPosition>,
-    lease: &mut watch::Receiver<Option<u64>>,
+    lease: &mut watch::Receiver<Option<Grant>>,
     generation: u64,
 ) {
     let poll = ctx.settings.poll_interval;
@@ -751,7 +799,7 @@ async fn pass(
     client: &BlobClient,
     container: &Arc<str>,
     router: &mut Router<BlobPosition>,
-    lease: &watch::Receiver<Option<u64>>,
+    lease: &watch::Receiver<Option<Grant>>,
     generation: u64,
     state: &mut ContainerState,
 ) -> Result<bool, Interrupt> {
@@ -849,13 +897,13 @@ async fn pass(
                 router,
                 &stream,
                 &partition,
+                lease,
                 BlobPosition {
                     container: container.clone(),
                     key: key.clone(),
                     generation,
-                    offset: st.consumed,
+                    offset: start,
                 },
-                start,
                 complete,
             )
             .await;
@@ -876,13 +924,13 @@ async fn pass(
                 router,
                 &stream,
                 &partition,
+                lease,
                 BlobPosition {
                     container: container.clone(),
                     key: key.clone(),
                     generation,
-                    offset: st.consumed,
+                    offset: start,
                 },
-                start,
                 line,
             )
             .await;
@@ -892,29 +940,59 @@ async fn pass(
     Ok(progressed)
 }
 
+/// Routes complete lines that start at byte `start.offset` of a blob, in units of at most about
+/// [`UNIT_BYTES`] (cut at line ends), each checkpointed on its own: a crash re-reads little.
 async fn route(
     ctx: &Ctx,
     router: &mut Router<BlobPosition>,
     stream: &str,
     partition: &Arc<str>,
-    position: BlobPosition,
-    start: u64,
+    lease: &watch::Receiver<Option<Grant>>,
+    start: BlobPosition,
     lines: Vec<u8>,
 ) {
-    let origin = Arc::new(Origin {
-        source: ctx.source.clone(),
-        partition: partition.clone(),
-        sequence_number: None,
-        offset: Some(start.to_string()),
-    });
-    router
-        .route(Unit {
-            stream: stream.to_owned(),
-            position,
-            bodies: vec![(Bytes::from(lines), origin)],
-            framing: Framing::Lines,
-        })
-        .await;
+    let lines = Bytes::from(lines);
+    let mut from = 0;
+    // The rest of a read is dropped when stopping or losing the container: nothing past what
+    // was routed gets checkpointed, and the next reader starts from the checkpoint.
+    while from < lines.len() && (from == 0 || held(ctx, lease, start.generation)) {
+        let to = unit_end(&lines, from);
+        let origin = Arc::new(Origin {
+            source: ctx.source.clone(),
+            partition: partition.clone(),
+            sequence_number: None,
+            offset: Some((start.offset + from as u64).to_string()),
+        });
+        let position = BlobPosition {
+            offset: start.offset + to as u64,
+            ..start.clone()
+        };
+        router
+            .route(Unit {
+                stream: stream.to_owned(),
+                position,
+                bodies: vec![(lines.slice(from..to), origin)],
+                framing: Framing::Lines,
+            })
+            .await;
+        from = to;
+    }
+}
+
+/// Where the unit starting at `from` ends: after the last line end within [`UNIT_BYTES`], or
+/// after the first one past it when a line is longer.
+fn unit_end(lines: &[u8], from: usize) -> usize {
+    let to = (from + UNIT_BYTES).min(lines.len());
+    if to == lines.len() {
+        return to;
+    }
+    match lines[from..to].iter().rposition(|&b| b == b'\n') {
+        Some(i) => from + i + 1,
+        None => lines[to..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(lines.len(), |i| to + i + 1),
+    }
 }
 
 #[cfg(test)]
@@ -967,6 +1045,29 @@ mod tests {
         );
         assert!(carry.is_empty());
         assert_eq!(take_complete_lines(&mut carry, b"x\n".to_vec()).unwrap(), b"x\n");
+    }
+
+    #[test]
+    fn units_end_at_line_ends() {
+        let line = vec![b'x'; 1000];
+        let mut lines = Vec::new();
+        for _ in 0..1000 {
+            lines.extend_from_slice(&line);
+            lines.push(b'\n');
+        }
+        let mut from = 0;
+        let mut units = 0;
+        while from < lines.len() {
+            let to = unit_end(&lines, from);
+            assert!(to - from <= UNIT_BYTES && lines[to - 1] == b'\n');
+            from = to;
+            units += 1;
+        }
+        assert_eq!(units, lines.len().div_ceil(UNIT_BYTES - 1000));
+        // A line longer than a unit is one unit.
+        let long = [vec![b'y'; UNIT_BYTES + 10], b"\nz\n".to_vec()].concat();
+        assert_eq!(unit_end(&long, 0), UNIT_BYTES + 11);
+        assert_eq!(unit_end(&long, UNIT_BYTES + 11), long.len());
     }
 
     #[test]
