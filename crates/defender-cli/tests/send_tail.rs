@@ -123,12 +123,17 @@ fn emulator_cs(port: u16) -> String {
 
 /// Error output with what varies between runs and systems taken out.
 fn stable(stderr: &str, port: u16) -> String {
-    let mut s = stderr.replace(&format!(":{port}"), ":[PORT]");
-    while let Some(start) = s.find("(os error ") {
-        let end = s[start..].find(')').map_or(s.len(), |e| start + e + 1);
-        s.replace_range(start..end, "(os error [N])");
+    let s = stderr.replace(&format!(":{port}"), ":[PORT]");
+    let mut out = String::new();
+    let mut rest = s.as_str();
+    while let Some(start) = rest.find("(os error ") {
+        let end = rest[start..].find(')').map_or(rest.len(), |e| start + e + 1);
+        out.push_str(&rest[..start]);
+        out.push_str("(os error [N])");
+        rest = &rest[end..];
     }
-    s
+    out.push_str(rest);
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,8 +14,9 @@ use super::send::readable;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The Event Hubs connection string (`Endpoint=sb://...;SharedAccessKeyName=...;SharedAccessKey=...`).
-    #[arg(long, value_name = "CS")]
-    pub connection_string: String,
+    /// Read from `DEFENDER_EVENTHUB_CONNECTION_STRING` when not given (keeps it out of `ps`).
+    #[arg(long, value_name = "CS", env = "DEFENDER_EVENTHUB_CONNECTION_STRING", hide_env_values = true, value_parser = super::parse_secret)]
+    pub connection_string: Secret,
     /// The event hub, unless the connection string names it (`EntityPath`); both must agree.
     #[arg(long, value_name = "NAME")]
     pub hub: Option<String>,
@@ -52,7 +53,7 @@ fn parse_from(s: &str) -> Result<StartFrom, String> {
 
 /// Runs the command until `--count` records are printed, or Ctrl-C.
 pub fn run(args: &Args) -> Result<bool> {
-    let connection = Connection::ConnectionString(Secret::new(args.connection_string.clone()));
+    let connection = Connection::ConnectionString(args.connection_string.clone());
     // Bad connection strings and hub names fail here, before any runtime or network.
     let target = connection.target(args.hub.as_deref())?;
     let mut config = ReaderConfig::new(connection);
@@ -85,12 +86,12 @@ pub fn run(args: &Args) -> Result<bool> {
             Ok(Ok(reader)) => reader,
             Ok(Err(ReaderError::Open { source, .. })) => {
                 return Err(readable(
-                    anyhow::Error::new(source).context(format!("cannot connect to {where_}")),
+                    &anyhow::Error::new(source).context(format!("cannot connect to {where_}")),
                 ));
             }
             Ok(Err(e)) => {
                 return Err(readable(
-                    anyhow::Error::new(e).context(format!("cannot read from {where_}")),
+                    &anyhow::Error::new(e).context(format!("cannot read from {where_}")),
                 ));
             }
             Err(_) => {
