@@ -80,6 +80,14 @@ enum Command {
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
         partitions: u32,
     },
+    /// Read a past time range of a Storage-account export once, through the configured sinks.
+    ///
+    /// Uses the `kind = "storage"` source and the sinks of a forwarder configuration, with
+    /// checkpoints of its own (an interrupted backfill resumes; the live forwarder's are untouched).
+    #[command(
+        after_help = "Examples:\n  defender backfill --config forwarder.toml --from 2026-11-01T00:00:00Z --to 2026-11-08T00:00:00Z\n  defender backfill --config forwarder.toml --from 2026-11-20T00:00:00Z --table EmailEvents --sink archive"
+    )]
+    Backfill(cmd::backfill::Args),
     /// Show or replay what the forwarder dead-lettered.
     #[command(subcommand, name = "dead-letter")]
     DeadLetter(DeadLetterCommand),
@@ -181,6 +189,7 @@ fn main() -> ExitCode {
             Ok(true)
         }
         Command::Validate { json, paths } => cmd::validate::run(&cmd::validate::Args { paths, json }),
+        Command::Backfill(args) => cmd::backfill::run(&args).map(|()| true),
         Command::Demo {
             dir,
             fixtures,

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod backfill;
 pub mod dead_letter;
 pub mod demo;
 pub mod emulate;

@@ -139,6 +139,8 @@ pub struct StorageSource {
     pub start: Option<Text>,
     /// How often containers are listed for new blobs and appended lines (default 30s).
     pub poll_interval: Option<Span>,
+    /// Read only hour blobs that begin before this RFC 3339 time (for backfills; default: no end).
+    pub until: Option<Text>,
     /// This instance's name in ownership records (default: host, pid and a random suffix).
     pub owner_id: Option<Text>,
     /// How often container ownership is renewed (default 10s).
@@ -697,6 +699,10 @@ fn check_storage(field: &str, s: &StorageSource) -> Result<(), ConfigError> {
     }
     if let Some(start) = &s.start {
         parse_storage_start(start).map_err(|e| invalid("start", &e))?;
+    }
+    if let Some(until) = &s.until {
+        chrono::DateTime::parse_from_rfc3339(until.trim())
+            .map_err(|_| invalid("until", &format!("`{}` is not an RFC 3339 time", &**until)))?;
     }
     for (key, span) in [
         ("poll_interval", s.poll_interval),

@@ -51,6 +51,7 @@ struct RawSource {
     sas: Option<SecretText>,
     container_prefix: Option<Text>,
     poll_interval: Option<Span>,
+    until: Option<Text>,
 }
 
 #[derive(Deserialize)]
@@ -121,6 +122,7 @@ impl RawConfig {
                 ("sas", s.sas.is_some()),
                 ("container_prefix", s.container_prefix.is_some()),
                 ("poll_interval", s.poll_interval.is_some()),
+                ("until", s.until.is_some()),
             ];
             if &*s.kind == "storage" {
                 only(&field, "storage", &eventhub_keys)?;
@@ -135,6 +137,7 @@ impl RawConfig {
                     container_prefix: s.container_prefix,
                     start: s.start,
                     poll_interval: s.poll_interval,
+                    until: s.until,
                     owner_id: s.owner_id,
                     ownership_update_interval: s.ownership_update_interval,
                     ownership_expiry: s.ownership_expiry,

@@ -86,6 +86,8 @@ pub struct StorageSettings {
     pub start: StorageStart,
     /// How often containers are listed.
     pub poll_interval: Duration,
+    /// Hour blobs that begin at or after this are left alone (backfills).
+    pub until: Option<DateTime<Utc>>,
     /// This instance's name in ownership records.
     pub owner_id: String,
     /// Ownership timing.
@@ -130,6 +132,14 @@ pub fn settings(cfg: &StorageSource) -> Result<StorageSettings, String> {
             .as_deref()
             .map_or(Ok(StorageStart::Earliest), parse_storage_start)?,
         poll_interval: cfg.poll_interval.map_or(Duration::from_secs(30), |s| s.0),
+        until: match &cfg.until {
+            Some(t) => Some(
+                DateTime::parse_from_rfc3339(t.trim())
+                    .map_err(|_| format!("until: `{}` is not an RFC 3339 time", &**t))?
+                    .with_timezone(&Utc),
+            ),
+            None => None,
+        },
         owner_id: cfg
             .owner_id
             .as_ref()
@@ -832,7 +842,7 @@ async fn pass(
             }
             continue;
         };
-        if state.cutoff.is_some_and(|c| hour < c) {
+        if state.cutoff.is_some_and(|c| hour < c) || ctx.settings.until.is_some_and(|u| hour >= u) {
             continue;
         }
         let key = blob_key(&item.name);
