@@ -142,7 +142,7 @@ async fn soak_memory_and_files_stay_flat() {
     while start.elapsed() < Duration::from_secs(secs) {
         env.send(bodies(next..next + 2_000, 100));
         next += 2_000;
-        if env.emulator.receiver_count(&env.hub).unwrap_or(0) > 0 && next % 20_000 == 0 {
+        if env.emulator.receiver_count(&env.hub).unwrap_or(0) > 0 && next.is_multiple_of(20_000) {
             env.emulator.drop_connections();
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
