@@ -1,0 +1,144 @@
+//! Storage-account backfill throughput: hour append blobs on Azurite (one container per table,
+//! one record per line), read by the release forwarder's `storage` source into the files sink.
+//!
+//! `cargo bench -p defender-forwarder --bench storage` (1,000,000 records of ~1 KiB;
+//! `BENCH_RECORDS=N` to change).
+#![allow(clippy::cast_precision_loss)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use defender_eventhub::blob::{BlobClient, Condition, SharedKeyCredential, StorageCredential};
+use defender_testkit::Azurite;
+
+const TABLES: &[&str] = &[
+    "DeviceProcessEvents",
+    "DeviceNetworkEvents",
+    "DeviceFileEvents",
+    "EmailEvents",
+    "IdentityLogonEvents",
+];
+
+fn record(table: &str, n: u64, size: usize) -> String {
+    let head = format!(
+        r#"{{"time":"2026-11-20T09:31:07.4473310Z","tenantId":"5f2b6a1e-3c4d-4e5f-8a9b-0c1d2e3f4a5b","operationName":"Publish","category":"AdvancedHunting-{table}","properties":{{"DeviceName":"ws-{n:07}.example.com","ReportId":{n},"Pad":""#
+    );
+    let pad = size.saturating_sub(head.len() + 3);
+    format!("{head}{}\"}}}}", "p".repeat(pad))
+}
+
+fn scrape(addr: &str) -> u64 {
+    let Ok(mut s) = TcpStream::connect(addr) else { return 0 };
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .filter(|l| l.starts_with("defender_records_out_total{sink=\"files\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let total: u64 = std::env::var("BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let azurite = Azurite::start().await.expect("Azurite (npm) is needed");
+    let per_table = total / TABLES.len() as u64;
+    let hours = 4u64;
+    let mut bytes = 0u64;
+    let upload = Instant::now();
+    for (t, table) in TABLES.iter().enumerate() {
+        let container = format!("insights-logs-advancedhunting-{}", table.to_lowercase());
+        azurite.create_container(&container).await.unwrap();
+        let client = BlobClient::for_account(
+            &azurite.blob_endpoint(),
+            &container,
+            StorageCredential::SharedKey(SharedKeyCredential::development()),
+        )
+        .unwrap();
+        for h in 0..hours {
+            let name = format!("tenantId=5f2b6a1e/y=2026/m=11/d=20/h={h:02}/m=00/PT1H.json");
+            client
+                .create_append_blob(&name, &[], &Condition::IfNotExists)
+                .await
+                .unwrap();
+            let first = t as u64 * per_table + h * per_table / hours;
+            let last = t as u64 * per_table + (h + 1) * per_table / hours;
+            let mut block = Vec::with_capacity(4 << 20);
+            for n in first..last {
+                let line = record(table, n, 1024);
+                if block.len() + line.len() + 1 > 4 << 20 {
+                    bytes += block.len() as u64;
+                    client.append_block(&name, std::mem::take(&mut block)).await.unwrap();
+                }
+                block.extend_from_slice(line.as_bytes());
+                block.push(b'\n');
+            }
+            bytes += block.len() as u64;
+            client.append_block(&name, block).await.unwrap();
+        }
+    }
+    let total = per_table * TABLES.len() as u64;
+    println!(
+        "{total} records of ~1 KiB ({:.0} MB) in {} tables x {hours} hour blobs on Azurite (uploaded in {:.0} s)\n",
+        bytes as f64 / 1e6,
+        TABLES.len(),
+        upload.elapsed().as_secs_f64()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("storage.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[[sources]]\nkind = \"storage\"\naccount_url = \"{}\"\naccount_name = \"devstoreaccount1\"\nshared_key = \"{}\"\ntables = [{}]\n[[sinks]]\nkind = \"files\"\ndir = \"{}\"\n",
+            dir.path().join("state").display(),
+            azurite.blob_endpoint(),
+            azurite.account_key(),
+            TABLES.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", "),
+            dir.path().join("archive").display(),
+        ),
+    )
+    .unwrap();
+    let metrics = "127.0.0.1:19466";
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_defender-forwarder"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--metrics", metrics])
+        .env("DEFENDER_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut rss = 0.0f64;
+    while scrape(metrics) < total {
+        rss = rss.max(peak_rss_mib(child.id()).unwrap_or(0.0));
+        assert!(started.elapsed() < Duration::from_secs(900), "over 15 minutes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    rss = rss.max(peak_rss_mib(child.id()).unwrap_or(0.0));
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    println!("| source -> sink | records/s | MB/s | peak RSS (MiB) |\n|---|---:|---:|---:|");
+    println!(
+        "| storage (Azurite) -> files | {:.0} | {:.1} | {rss:.0} |",
+        total as f64 / secs,
+        bytes as f64 / secs / 1e6
+    );
+}
