@@ -19,3 +19,19 @@ pub mod route;
 pub mod sink;
 pub mod source;
 pub mod tracker;
+
+/// An error and its causes on one line, each cause once (clients often repeat their source's
+/// message in their own).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

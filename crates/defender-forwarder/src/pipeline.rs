@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
 use crate::deadletter::{DeadLetters, create_private_dir};
+use crate::error_chain;
 use crate::metrics::Metrics;
 use crate::route::Route;
 use crate::sink::{self, SinkContext};
@@ -399,18 +400,4 @@ async fn retry_hub(
             Err(e) => tracing::debug!(source = %name, hub = %hub, error = %error_chain(&e), "hub still unavailable"),
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }

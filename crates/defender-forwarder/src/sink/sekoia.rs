@@ -390,7 +390,7 @@ async fn post(shared: &Shared, body: Bytes) -> Outcome {
             return Outcome::Retry {
                 reason,
                 after: None,
-                detail: error_chain(&e),
+                detail: crate::error_chain(&e),
             };
         }
     };
@@ -406,7 +406,7 @@ async fn post(shared: &Shared, body: Bytes) -> Outcome {
             return Outcome::Retry {
                 reason: if e.is_timeout() { "timeout" } else { "connection" },
                 after: None,
-                detail: error_chain(&e),
+                detail: crate::error_chain(&e),
             };
         }
     };
@@ -433,17 +433,6 @@ async fn post(shared: &Shared, body: Bytes) -> Outcome {
             detail: snippet(&text),
         },
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn snippet(text: &str) -> String {
