@@ -35,6 +35,7 @@
 
 mod filter;
 mod load;
+mod quickack;
 mod server;
 mod store;
 mod wire;

@@ -29,6 +29,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::filter;
+use crate::quickack::QuickAck;
 use crate::store::{Event, Hub, OwnerGuard, Partition, Store};
 use crate::wire::FixedStream;
 
@@ -295,7 +296,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         .channel_max(1023u16)
         .sasl_acceptor(SaslAnonymousMechanism::new())
         .build();
-    let mut conn = match acceptor.accept(FixedStream::new(stream)).await {
+    let mut conn = match acceptor.accept(FixedStream::new(QuickAck(stream))).await {
         Ok(c) => c,
         Err(error) => {
             tracing::debug!(%error, %peer, "connection not opened");

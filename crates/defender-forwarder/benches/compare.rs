@@ -20,7 +20,7 @@
 //! ```
 //!
 //! Settings (environment): `BENCH_PARTITIONS` (`1,2,4`), `BENCH_SIZES` (record bytes,
-//! `512,2048,20480`), `BENCH_MB` (MB per run, default 200: records = MB / size),
+//! `512,2048,20480`), `BENCH_MB` (MB per run, default 400: records = MB / size),
 //! `BENCH_RECORDS` (records per run, overrides `BENCH_MB`), `BENCH_REFERENCE_SECONDS` (the
 //! reference's time cap, default 60; 0: none), `DEFENDER_BENCH_PYTHON` (default
 //! `target/py/bin/python`, created and given the packages with pip when missing), and
@@ -180,15 +180,6 @@ fn python(root: &Path) -> (PathBuf, String) {
 
 /// `<target>/bench`: the target directory is three levels above this executable
 /// (`<target>/release/deps/compare-*`).
-fn out_dir(root: &Path) -> PathBuf {
-    let target = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf))
-        .filter(|d| d.join("CACHEDIR.TAG").exists())
-        .unwrap_or_else(|| root.join("target"));
-    target.join("bench")
-}
-
 struct Bench {
     intake: Intake,
     azurite: Option<Azurite>,
@@ -388,7 +379,7 @@ async fn main() {
         )
     };
     let records = env_num("BENCH_RECORDS").or(small.then_some(20_000));
-    let mb = env_num("BENCH_MB").unwrap_or(200);
+    let mb = env_num("BENCH_MB").unwrap_or(400);
     let cap = match env_num("BENCH_REFERENCE_SECONDS").unwrap_or(60) {
         0 => None,
         s => Some(Duration::from_secs(s)),
@@ -500,7 +491,7 @@ async fn main() {
         header
     };
     let md = markdown(&header, &rows);
-    let out = out_dir(&root);
+    let out = common::out_dir();
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("compare.md"), &md).unwrap();
     std::fs::write(out.join("compare.csv"), csv(&rows)).unwrap();

@@ -10,9 +10,6 @@ use defender_forwarder::config::Config;
 use defender_forwarder::pipeline::{self, RunOptions};
 use tokio_util::sync::CancellationToken;
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Forwards Microsoft Defender XDR advanced-hunting events from Azure Event Hubs to Sekoia.io,
 /// a local archive and stdout, at least once: a checkpoint never passes an undelivered event.
 #[derive(Debug, Parser)]

@@ -23,7 +23,7 @@ use crate::sink::{self, SinkContext};
 use crate::source::{self, RouterShared, SinkPort};
 
 /// Message bytes in flight (read, not yet delivered everywhere) when the configuration says nothing.
-pub const DEFAULT_IN_FLIGHT_MIB: u64 = 32;
+pub const DEFAULT_IN_FLIGHT_MIB: u64 = 8;
 
 /// How the forwarder runs besides its configuration.
 #[derive(Debug, Clone, Default)]
@@ -114,7 +114,11 @@ pub(crate) fn start_sinks(
         };
         let task = match s {
             config::Sink::Sekoia(c) => {
-                let opts = sink::sekoia::options(c).map_err(err)?;
+                let mut opts = sink::sekoia::options(c).map_err(err)?;
+                // Requests that fit the budget a few times over keep every slot busy.
+                if c.batch_bytes.is_none() {
+                    opts.batch_bytes = opts.batch_bytes.min((in_flight / 4).max(256 * 1024));
+                }
                 tokio::spawn(sink::sekoia::run(ctx, opts, rx))
             }
             config::Sink::Files(c) => {

@@ -90,7 +90,7 @@ pub async fn replay(config: &Config, only_sinks: &[String]) -> Result<ReplayRepo
     }
 
     let metrics = Arc::new(Metrics::default());
-    let in_flight = usize::try_from(DEFAULT_IN_FLIGHT_MIB).unwrap_or(32) * 1024 * 1024;
+    let in_flight = usize::try_from(DEFAULT_IN_FLIGHT_MIB).unwrap_or(8) * 1024 * 1024;
     let sinks = pipeline::start_sinks(config, &store, &metrics, in_flight)?;
     let before = store.written();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Completion>();

@@ -542,6 +542,14 @@ async fn two_instances_share_the_containers_and_lose_nothing() {
     let a = env.spawn(&configs[0]);
     let b = env.spawn(&configs[1]);
     assert!(env.intake.wait_for(usize::try_from(n).unwrap(), LIMIT).await);
+    // The first instance may have read everything before the second claimed its share: wait for
+    // the split (it takes a balancing cycle or two), then append more lines.
+    let log = |p: &PathBuf| std::fs::read_to_string(p.with_extension("log")).unwrap_or_default();
+    let reading = |log: &str| log.matches("container acquired").count();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while (reading(&log(&configs[0])) == 0 || reading(&log(&configs[1])) == 0) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // More lines once both run: each container is read by one of them.
     env.append_records(HOURS[1], n..n + 500, 50).await;
     let want = usize::try_from(n).unwrap() + 500;
@@ -550,12 +558,10 @@ async fn two_instances_share_the_containers_and_lose_nothing() {
     sigterm(&a);
     sigterm(&b);
     let (a, b) = (wait_output(a, LIMIT).await, wait_output(b, LIMIT).await);
-    let log = |p: &PathBuf| std::fs::read_to_string(p.with_extension("log")).unwrap();
     let (log_a, log_b) = (log(&configs[0]), log(&configs[1]));
     assert!(a.status.success() && b.status.success(), "{log_a}\n{log_b}");
     let counts = seq_counts(&env.intake.events());
     assert_eq!(counts.len(), want);
-    let reading = |log: &str| log.matches("container acquired").count();
     eprintln!(
         "two instances: {want} records, duplicates {}; containers taken: a {}, b {}",
         duplicates(&counts),

@@ -3,9 +3,10 @@
 //! After criterion's report, prints routing and typed decode as ratios to the floor, measured
 //! in the same run (targets: routing >= 0.70, typed >= 0.35).
 //!
-//! Runs on mimalloc, the allocator the project's binaries are to use: typed decoding is mostly
-//! small string allocations, and glibc's malloc spends about a quarter of it in free-list upkeep
-//! and in handing pages back to the kernel. To compare with the system allocator, remove the
+//! Runs on mimalloc, the faster allocator for typed decoding (mostly small string allocations;
+//! glibc's malloc spends about a quarter of it in free-list upkeep and in handing pages back to
+//! the kernel). An application decoding every column may want it; the forwarder, which only
+//! routes, stays on the system allocator for its memory. To compare, remove the
 //! `global_allocator` item; `docs/performance.md` gives both figures.
 
 use std::hint::black_box;

@@ -7,7 +7,7 @@ mod partition;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -65,6 +65,9 @@ pub struct ReaderConfig {
     pub start: StartFrom,
     /// Events the client fetches ahead per partition. Defender packs ~100 records per event.
     pub prefetch: u32,
+    /// Events fetched ahead across all the hub's partitions, split evenly (at least 2 each):
+    /// memory then stays the same however many partitions the hub has. Replaces `prefetch`.
+    pub hub_prefetch: Option<u32>,
     /// At most this many events per batch handed to the caller.
     pub max_batch_events: usize,
     /// This instance's stable identity in ownership records.
@@ -85,6 +88,7 @@ impl ReaderConfig {
             consumer_group: "$Default".to_owned(),
             start: StartFrom::Earliest,
             prefetch: 1000,
+            hub_prefetch: None,
             max_batch_events: 64,
             owner_id: default_owner_id(),
             balancing: Balancing::default(),
@@ -197,6 +201,8 @@ struct Shared {
     owned: Mutex<BTreeMap<String, Owned>>,
     generation: AtomicU64,
     stop: CancellationToken,
+    /// Per partition: `prefetch`, or the share of `hub_prefetch` once the partitions are known.
+    prefetch: AtomicU32,
 }
 
 /// A partition this instance holds.
@@ -240,6 +246,7 @@ impl Reader {
                 hub: target.hub.clone(),
                 source,
             })?;
+        let config_prefetch = config.prefetch;
         let shared = Arc::new(Shared {
             config,
             target,
@@ -249,8 +256,13 @@ impl Reader {
             owned: Mutex::new(BTreeMap::new()),
             generation: AtomicU64::new(0),
             stop: CancellationToken::new(),
+            prefetch: AtomicU32::new(config_prefetch),
         });
         let partitions = shared.partition_ids().await?;
+        if let Some(total) = shared.config.hub_prefetch {
+            let n = u32::try_from(partitions.len()).unwrap_or(u32::MAX).max(1);
+            shared.prefetch.store((total / n).max(2), Ordering::Relaxed);
+        }
         let control = tokio::spawn(control_loop(shared.clone(), partitions));
         Ok(Reader {
             shared,

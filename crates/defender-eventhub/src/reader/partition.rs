@@ -84,7 +84,7 @@ pub(super) async fn run(mut task: PartitionTask) {
         };
         let options = OpenReceiverOptions {
             owner_level,
-            prefetch: Some(task.shared.config.prefetch),
+            prefetch: Some(task.shared.prefetch.load(std::sync::atomic::Ordering::Relaxed)),
             start_position: Some(position),
             receive_timeout: None,
         };

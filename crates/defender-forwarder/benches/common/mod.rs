@@ -9,7 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -114,10 +114,33 @@ pub fn spawn_forwarder(
         .arg("--config")
         .arg(&config)
         .args(["--metrics", metrics])
-        .env("DEFENDER_LOG", "warn")
+        .env(
+            "DEFENDER_LOG",
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
         .stdout(Stdio::null())
+        .stderr(log_file(name))
         .spawn()
         .unwrap()
+}
+
+/// `<target>/bench`, where the benchmarks write their reports.
+pub fn out_dir() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(3).map(Path::to_path_buf))
+        .filter(|d| d.join("CACHEDIR.TAG").exists())
+        .unwrap_or_else(|| root.join("target"))
+        .join("bench")
+}
+
+/// `<target>/bench/logs/{name}.log`, truncated: a process's log (level `BENCH_LOG`, default
+/// `warn`) outlives the run's temporary directory.
+pub fn log_file(name: &str) -> std::fs::File {
+    let dir = out_dir().join("logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::File::create(dir.join(format!("{name}.log"))).unwrap()
 }
 
 /// What [`measure`] saw of one process.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::{SinkContext, count_out};
+use super::{IDLE, SinkContext, count_out, sleep_opt};
 use crate::archive::{Archive, ArchiveError, ArchiveOptions};
 use crate::config::FilesSink;
 use crate::deadletter::Entry;
@@ -79,7 +79,9 @@ pub async fn run(ctx: SinkContext, archive: Archive, opts: FilesOptions, mut rx:
     let mut tick = tokio::time::interval(opts.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_retention = Instant::now();
+    let mut last_input = Instant::now();
     loop {
+        let idle_left = (!st.acks.is_empty()).then(|| IDLE.saturating_sub(last_input.elapsed()));
         tokio::select! {
             d = rx.recv() => match d {
                 Some(d) => {
@@ -88,9 +90,11 @@ pub async fn run(ctx: SinkContext, archive: Archive, opts: FilesOptions, mut rx:
                     if buffered >= opts.max_buffered {
                         flush(&ctx, &mut st).await;
                     }
+                    last_input = Instant::now();
                 }
                 None => break,
             },
+            () = sleep_opt(idle_left) => flush(&ctx, &mut st).await,
             _ = tick.tick() => {
                 flush(&ctx, &mut st).await;
                 if last_retention.elapsed() >= Duration::from_secs(3600) {

@@ -1,6 +1,7 @@
 //! Sinks: each runs as one task fed by a bounded channel of [`Delivery`]s, and acknowledges a
 //! delivery only once its records are delivered or dead-lettered.
 
+mod escape;
 pub mod files;
 pub mod sekoia;
 pub mod stdout;
@@ -41,6 +42,18 @@ pub struct SinkHandle {
 
 /// Deliveries a sink may have queued before the router waits (backpressure).
 pub const QUEUE: usize = 16;
+
+/// A sink sends or flushes what it holds once no delivery came for this long: the source has
+/// nothing more for now, or waits for acknowledgements to free the in-flight budget.
+pub const IDLE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Sleeps for `d`, or forever for `None` (a `select!` branch that is off).
+pub(crate) async fn sleep_opt(d: Option<std::time::Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// A record as one NDJSON line. A line break can only be whitespace between JSON tokens (inside a
 /// string it is always escaped), so a pretty-printed record becomes one line by turning its line

@@ -17,7 +17,7 @@ use defender_eventhub::Secret;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use super::{SinkContext, count_out};
+use super::{IDLE, SinkContext, count_out, sleep_opt};
 use crate::deadletter::Entry;
 use crate::delivery::{Ack, Delivery, Record};
 
@@ -155,11 +155,21 @@ pub async fn run(ctx: SinkContext, opts: SekoiaOptions, mut rx: mpsc::Receiver<D
     let mut tasks = JoinSet::new();
     let mut pending = Pending::default();
     let mut open = true;
+    let mut last_input = Instant::now();
     while open || !pending.records.is_empty() {
-        let linger_left = pending.since.map(|t| shared.opts.linger.saturating_sub(t.elapsed()));
+        let linger_left = pending.since.map(|t| {
+            shared
+                .opts
+                .linger
+                .saturating_sub(t.elapsed())
+                .min(IDLE.saturating_sub(last_input.elapsed()))
+        });
         tokio::select! {
             d = rx.recv(), if open => match d {
-                Some(d) => add(&shared, &mut pending, d, &slots, &mut tasks).await,
+                Some(d) => {
+                    add(&shared, &mut pending, d, &slots, &mut tasks).await;
+                    last_input = Instant::now();
+                }
                 None => open = false,
             },
             () = sleep_opt(linger_left) => {
@@ -179,13 +189,6 @@ pub async fn run(ctx: SinkContext, opts: SekoiaOptions, mut rx: mpsc::Receiver<D
 fn log_join(r: Result<(), tokio::task::JoinError>) {
     if let Err(e) = r {
         tracing::error!(error = %e, "a request task failed; its events will be read again after a restart");
-    }
-}
-
-async fn sleep_opt(d: Option<Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -353,25 +356,42 @@ async fn deliver(shared: &Shared, records: Vec<Record>, oldest: Option<Instant>)
     }
 }
 
+/// The request body. With gzip the JSON is compressed a chunk at a time, so a request never holds
+/// its whole uncompressed text.
 fn encode(shared: &Shared, records: &[Record]) -> Bytes {
-    let raw_len: usize = records.iter().map(|r| r.raw.len() + 8).sum();
-    let mut json = Vec::with_capacity(shared.prefix.len() + raw_len + raw_len / 8 + 4);
+    const CHUNK: usize = 128 * 1024;
+    let raw_len: usize = records.iter().map(|r| r.raw.len() + 3).sum();
+    let estimate = shared.prefix.len() + raw_len + raw_len / 8 + 2;
+    let mut gz = shared
+        .opts
+        .gzip
+        .then(|| flate2::write::GzEncoder::new(Vec::with_capacity(estimate / 8), flate2::Compression::fast()));
+    let mut json = Vec::with_capacity(if gz.is_some() {
+        estimate.min(2 * CHUNK)
+    } else {
+        estimate
+    });
     json.extend_from_slice(&shared.prefix);
     for (i, r) in records.iter().enumerate() {
         if i > 0 {
             json.push(b',');
         }
-        // Records are JSON text (the source checked), so they are valid UTF-8.
-        let text = String::from_utf8_lossy(&r.raw);
-        serde_json::to_writer(&mut json, &*text).expect("a string serialises");
+        super::escape::push_json_string(&mut json, &r.raw);
+        if let Some(gz) = gz.as_mut()
+            && json.len() >= CHUNK
+        {
+            gz.write_all(&json).expect("writing to memory");
+            json.clear();
+        }
     }
     json.extend_from_slice(b"]}");
-    if !shared.opts.gzip {
-        return Bytes::from(json);
+    match gz {
+        None => Bytes::from(json),
+        Some(mut gz) => {
+            gz.write_all(&json).expect("writing to memory");
+            Bytes::from(gz.finish().expect("writing to memory"))
+        }
     }
-    let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(json.len() / 4), flate2::Compression::fast());
-    gz.write_all(&json).expect("writing to memory");
-    Bytes::from(gz.finish().expect("writing to memory"))
 }
 
 async fn post(shared: &Shared, body: Bytes) -> Outcome {

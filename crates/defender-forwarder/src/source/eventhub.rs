@@ -13,6 +13,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{Framing, Router, RouterShared, Unit};
+
+/// Events fetched ahead across a hub's partitions (at least 2 per partition) when `prefetch`
+/// is not configured. Memory grows with it times the message size (up to 1 MB); on a distant
+/// hub a larger per-partition `prefetch` keeps the link busy across the round trip.
+pub const DEFAULT_HUB_PREFETCH: u32 = 8;
 use crate::config::{self, Credential, EventHubSource};
 use crate::delivery::Origin;
 use crate::tracker::{self, Committer};
@@ -64,7 +69,10 @@ pub fn reader_config(cfg: &EventHubSource) -> Result<ReaderConfig, String> {
     if let Some(start) = &cfg.start {
         rc.start = config::parse_start(start)?;
     }
-    rc.prefetch = cfg.prefetch.map_or(32, |n| u32::try_from(n.0).unwrap_or(u32::MAX));
+    match cfg.prefetch {
+        Some(n) => rc.prefetch = u32::try_from(n.0).unwrap_or(u32::MAX),
+        None => rc.hub_prefetch = Some(DEFAULT_HUB_PREFETCH),
+    }
     // A few events per batch keep a unit (and its in-flight memory) small.
     rc.max_batch_events = 16;
     if let Some(owner) = &cfg.owner_id {
