@@ -55,9 +55,7 @@ impl<'a> RecordRef<'a> {
 
     /// The record's `time` as it arrived, when it is a plain string.
     pub fn time(&self) -> Option<&'a str> {
-        let raw = self.time?.get();
-        let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
-        (!inner.contains('\\')).then_some(inner)
+        plain_string(self.time?)
     }
 
     /// Decodes the row into its typed model ([`Event::Unknown`] for a table this crate does not know).
@@ -168,9 +166,15 @@ impl<'a> Fields<'a> {
             return Err(RecordError::DuplicateField(field));
         }
         let category = self.category.ok_or(RecordError::MissingCategory)?;
-        let category = serde_json::from_str::<Key<'a>>(category.get())
-            .map_err(|_| RecordError::CategoryNotString(raw_kind(category)))?
-            .0;
+        // Categories have no escapes: borrow the text between the quotes without a second parser.
+        let category = match plain_string(category) {
+            Some(text) => Cow::Borrowed(text),
+            None => {
+                serde_json::from_str::<Key<'a>>(category.get())
+                    .map_err(|_| RecordError::CategoryNotString(raw_kind(category)))?
+                    .0
+            }
+        };
         let properties = self.properties.ok_or(RecordError::MissingProperties)?;
         if !properties.get().starts_with('{') {
             return Err(RecordError::PropertiesNotObject(raw_kind(properties)));
@@ -182,6 +186,12 @@ impl<'a> Fields<'a> {
             time: self.time,
         })
     }
+}
+
+/// The text of a JSON string value that has no escapes (so its text is its raw bytes).
+fn plain_string(v: &RawValue) -> Option<&str> {
+    let inner = v.get().strip_prefix('"')?.strip_suffix('"')?;
+    (!inner.contains('\\')).then_some(inner)
 }
 
 pub(crate) fn raw_kind(v: &RawValue) -> JsonKind {

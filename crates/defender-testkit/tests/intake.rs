@@ -76,6 +76,15 @@ async fn plain_and_gzip_batches_on_one_connection() {
         .collect();
     assert_eq!(all.len(), 5, "ids are unique");
     assert!(all.iter().all(|id| id.len() == 36), "{all:?}");
+    let uuid_shaped = |id: &str| {
+        id.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            14 => c == '4',
+            19 => c == '8',
+            _ => c.is_ascii_digit() || ('a'..='f').contains(&c),
+        })
+    };
+    assert!(all.iter().all(|id| uuid_shaped(id)), "{all:?}");
     assert!(intake.wait_for(6, Duration::from_secs(1)).await);
     assert_eq!(
         intake.events(),

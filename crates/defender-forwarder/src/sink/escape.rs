@@ -37,21 +37,25 @@ const ESCAPE: [u8; 256] = {
 /// Appends `raw` to `out` as a JSON string literal, quotes included. Bytes that are not UTF-8
 /// become U+FFFD, as `String::from_utf8_lossy` makes them.
 pub fn push_json_string(out: &mut Vec<u8>, raw: &[u8]) {
-    match std::str::from_utf8(raw) {
-        Ok(text) => push_str(out, text),
-        Err(_) => push_str(out, &String::from_utf8_lossy(raw)),
+    if !push_utf8(out, raw) {
+        push_utf8(out, String::from_utf8_lossy(raw).as_bytes());
     }
 }
 
-fn push_str(out: &mut Vec<u8>, text: &str) {
-    let s = text.as_bytes();
+/// Escapes `s` into `out`, checking UTF-8 on the way: the first byte above 0x7f has the rest
+/// validated once, so ASCII records (most) are read only once. Returns `false`, having written
+/// nothing, when `s` is not UTF-8.
+fn push_utf8(out: &mut Vec<u8>, s: &[u8]) -> bool {
+    let before = out.len();
     out.reserve(s.len() + s.len() / 8 + 2);
     out.push(b'"');
+    let mut ascii_so_far = true;
     let mut copied = 0;
     let mut i = 0;
     while i < s.len() {
         if let Some(word) = s.get(i..i + 8) {
-            let mask = special(u64::from_le_bytes(word.try_into().expect("eight bytes")));
+            let w = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+            let mask = special(w) | if ascii_so_far { w & HIGHS } else { 0 };
             if mask == 0 {
                 i += 8;
                 continue;
@@ -59,6 +63,18 @@ fn push_str(out: &mut Vec<u8>, text: &str) {
             i += (mask.trailing_zeros() / 8) as usize;
         }
         let b = s[i];
+        if b >= 0x80 {
+            if ascii_so_far {
+                // Everything before is ASCII, so `i` starts a character.
+                if std::str::from_utf8(&s[i..]).is_err() {
+                    out.truncate(before);
+                    return false;
+                }
+                ascii_so_far = false;
+            }
+            i += 1;
+            continue;
+        }
         let esc = ESCAPE[usize::from(b)];
         if esc != 0 {
             out.extend_from_slice(&s[copied..i]);
@@ -81,6 +97,7 @@ fn push_str(out: &mut Vec<u8>, text: &str) {
     }
     out.extend_from_slice(&s[copied..]);
     out.push(b'"');
+    true
 }
 
 #[cfg(test)]

@@ -75,18 +75,22 @@ pub(crate) fn count_out<'a>(
     ctx: &SinkContext,
     tables: impl Iterator<Item = (&'a crate::delivery::TableId, usize)>,
 ) -> (u64, u64) {
-    let mut per_table: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    // A batch holds one table or a few: a short list beats hashing every record.
+    let mut per_table: Vec<(&crate::delivery::TableId, u64)> = Vec::new();
     let mut records = 0;
     let mut bytes = 0;
     for (t, len) in tables {
-        *per_table.entry(t.name()).or_default() += 1;
+        match per_table.iter_mut().rev().find(|(seen, _)| *seen == t) {
+            Some((_, n)) => *n += 1,
+            None => per_table.push((t, 1)),
+        }
         records += 1;
         bytes += len as u64;
     }
     for (table, n) in per_table {
         ctx.metrics.add(
             "defender_records_out_total",
-            &[("sink", &ctx.name), ("table", table)],
+            &[("sink", &ctx.name), ("table", table.name())],
             n,
         );
     }

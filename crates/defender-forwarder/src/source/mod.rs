@@ -125,7 +125,7 @@ impl<P: Send + 'static> Router<P> {
         let mut out = Routed {
             per_sink: vec![Vec::new(); self.shared.sinks.len()],
             dead: Vec::new(),
-            per_table: HashMap::new(),
+            per_table: Vec::new(),
         };
         match unit.framing {
             Framing::Envelopes => {
@@ -204,7 +204,11 @@ impl<P: Send + 'static> Router<P> {
         if self.shared.check_records {
             check(&self.shared.metrics, &table, r);
         }
-        *out.per_table.entry(table.clone()).or_default() += 1;
+        // A message holds one table or a few: a short list beats hashing every record.
+        match out.per_table.iter_mut().rev().find(|(t, _)| *t == table) {
+            Some((_, n)) => *n += 1,
+            None => out.per_table.push((table.clone(), 1)),
+        }
         let record = Record {
             raw: body.slice_ref(r.raw().as_bytes()),
             day: r.time().and_then(Day::of),
@@ -272,7 +276,7 @@ impl<P: Send + 'static> Router<P> {
 struct Routed {
     per_sink: Vec<Vec<Record>>,
     dead: Vec<Entry>,
-    per_table: HashMap<TableId, u64>,
+    per_table: Vec<(TableId, u64)>,
 }
 
 fn check(m: &Metrics, table: &TableId, r: &defender_schema::RecordRef<'_>) {
