@@ -103,14 +103,6 @@ fn env_list<T: std::str::FromStr + Clone>(name: &str, default: &[T]) -> Vec<T> {
     }
 }
 
-fn env_num(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| {
-        v.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}: not a number: {v:?}"))
-    })
-}
-
 fn kib(size: usize) -> String {
     let k = size as f64 / 1024.0;
     if (k - k.round()).abs() < 1e-9 {
@@ -378,9 +370,9 @@ async fn main() {
             env_list("BENCH_SIZES", &[512usize, 2048, 20_480]),
         )
     };
-    let records = env_num("BENCH_RECORDS").or(small.then_some(20_000));
-    let mb = env_num("BENCH_MB").unwrap_or(400);
-    let cap = match env_num("BENCH_REFERENCE_SECONDS").unwrap_or(60) {
+    let records = common::env_num("BENCH_RECORDS").or(small.then_some(20_000));
+    let mb = common::env_num("BENCH_MB").unwrap_or(400);
+    let cap = match common::env_num("BENCH_REFERENCE_SECONDS").unwrap_or(60) {
         0 => None,
         s => Some(Duration::from_secs(s)),
     };

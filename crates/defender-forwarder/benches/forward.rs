@@ -36,10 +36,7 @@ async fn run(emulator: &Emulator, dir: &Path, sink_toml: &str, sink: &str, total
 
 #[tokio::main]
 async fn main() {
-    let total: u64 = std::env::var("BENCH_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let total = common::env_num("BENCH_RECORDS").unwrap_or(1_000_000);
     let emulator = Emulator::start(EmulatorConfig {
         hubs: vec![HubConfig::new("defender", 4)],
         ..EmulatorConfig::default()

@@ -5,8 +5,8 @@
 //! `BENCH_RECORDS=N` to change).
 #![allow(clippy::cast_precision_loss)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,35 +29,9 @@ fn record(table: &str, n: u64, size: usize) -> String {
     format!("{head}{}\"}}}}", "p".repeat(pad))
 }
 
-fn scrape(addr: &str) -> u64 {
-    let Ok(mut s) = TcpStream::connect(addr) else { return 0 };
-    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.lines()
-        .filter(|l| l.starts_with("defender_records_out_total{sink=\"files\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
-fn peak_rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
-}
-
 #[tokio::main]
 async fn main() {
-    let total: u64 = std::env::var("BENCH_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let total = common::env_num("BENCH_RECORDS").unwrap_or(1_000_000);
     let azurite = Azurite::start().await.expect("Azurite (npm) is needed");
     let per_table = total / TABLES.len() as u64;
     let hours = 4u64;
@@ -121,24 +95,24 @@ async fn main() {
         .arg("--config")
         .arg(&config)
         .args(["--metrics", metrics])
-        .env("DEFENDER_LOG", "warn")
+        .env(
+            "DEFENDER_LOG",
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
         .stdout(Stdio::null())
+        .stderr(common::log_file("storage"))
         .spawn()
         .unwrap();
-    let mut rss = 0.0f64;
-    while scrape(metrics) < total {
-        rss = rss.max(peak_rss_mib(child.id()).unwrap_or(0.0));
-        assert!(started.elapsed() < Duration::from_secs(900), "over 15 minutes");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    rss = rss.max(peak_rss_mib(child.id()).unwrap_or(0.0));
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let _ = child.wait();
+    let m = common::measure(&mut child, started, total, None, Duration::from_secs(900), || {
+        common::scrape(metrics, "files")
+    })
+    .await;
+    common::terminate(&mut child);
     println!("| source -> sink | records/s | MB/s | peak RSS (MiB) |\n|---|---:|---:|---:|");
     println!(
-        "| storage (Azurite) -> files | {:.0} | {:.1} | {rss:.0} |",
-        total as f64 / secs,
-        bytes as f64 / secs / 1e6
+        "| storage (Azurite) -> files | {:.0} | {:.1} | {:.0} |",
+        total as f64 / m.seconds,
+        bytes as f64 / m.seconds / 1e6,
+        m.peak_rss_mib
     );
 }

@@ -46,6 +46,16 @@ pub fn preload(emulator: &Emulator, hub: &str, partitions: u32, total: u64, size
     bytes
 }
 
+/// The number in environment variable `name`, if set (panics on anything else: a typo must not
+/// silently run the default).
+pub fn env_num(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| {
+        v.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: not a number: {v:?}"))
+    })
+}
+
 /// Peak RSS (`VmHWM`, MiB) and CPU seconds (user + system) of a live process.
 pub fn proc_stats(pid: u32) -> Option<(f64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
