@@ -181,7 +181,7 @@ impl Archive {
     /// one) for `table` on `day` (`YYYY-MM-DD`). No I/O: call [`flush`](Self::flush) to write, e.g. when
     /// [`buffered_bytes`](Self::buffered_bytes) grows large.
     pub fn append(&mut self, table: &str, day: &str, record: &[u8]) -> Result<(), ArchiveError> {
-        if record.contains(&b'\n') {
+        if memchr::memchr(b'\n', record).is_some() {
             return Err(ArchiveError::InvalidRecord(table.to_owned()));
         }
         let days = match self.segments.get_mut(table) {

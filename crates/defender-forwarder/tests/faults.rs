@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Env, bodies, seq_counts, stderr};
+use common::{Env, bodies, seq_counts, sigterm, stderr};
 use defender_testkit::{Azurite, Faults};
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -58,9 +58,7 @@ async fn intake_outage_and_dropped_hub_connections_lose_nothing() {
         env.intake.wait_for(usize::try_from(n).unwrap(), LIMIT).await,
         "not everything arrived after the outage"
     );
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
+    sigterm(pid);
     assert!(child.wait().unwrap().success());
     let counts = seq_counts(&env.intake.events());
     assert!((0..n).all(|i| counts.contains_key(&i)));
@@ -156,9 +154,7 @@ async fn soak_memory_and_files_stay_flat() {
         env.intake.event_count(),
         env.log()
     );
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
+    sigterm(pid);
     assert!(child.wait().unwrap().success());
     // Compare the second quarter (warmed up) with the last one.
     let q = samples.len() / 4;

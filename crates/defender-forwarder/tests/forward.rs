@@ -6,7 +6,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{Env, archive_lines, bodies, record, seq_counts, stderr, table_of};
+use common::{Env, archive_lines, bodies, record, seq_counts, sigterm, stderr, table_of};
 use defender_testkit::Faults;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -294,11 +294,7 @@ async fn sigterm_drains_and_checkpoints() {
     let config = env.config(&env.sekoia_sink(""));
     let mut child = env.spawn(&config, &[]);
     assert!(env.intake.wait_for(1000, LIMIT).await);
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sigterm(child.id());
     let exit = child.wait().unwrap();
     assert!(exit.success(), "SIGTERM exit: {exit}");
     let delivered = env.intake.event_count();

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Env, archive_lines, bodies, seq_counts, stderr};
+use common::{Env, archive_lines, bodies, seq_counts, sigterm, stderr};
 
 fn immutable(path: &Path, on: bool) -> bool {
     Command::new("chattr")
@@ -81,7 +81,7 @@ async fn a_read_only_archive_and_checkpoint_store_recover() {
     // ...until the checkpoint store is writable again too.
     assert!(immutable(&checkpoints, false));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    sigterm(child.id());
     assert!(child.wait().unwrap().success(), "{}", env.log());
     eprintln!("archived {during} records while read-only (of {n}); all {n} after recovery");
 

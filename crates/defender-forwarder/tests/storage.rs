@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use common::{KEY, TABLES, archive_lines, record, seq_counts, stderr, table_of, wait_output};
+use common::{KEY, TABLES, archive_lines, record, seq_counts, sigterm, stderr, table_of, wait_output};
 use defender_eventhub::blob::{BlobClient, BlobErrorKind, Condition, SharedKeyCredential, StorageCredential};
 use defender_testkit::{Azurite, Faults, Intake};
 
@@ -203,14 +203,6 @@ ownership_expiry = "5s"
     }
 }
 
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 fn duplicates(counts: &BTreeMap<u64, usize>) -> usize {
     counts.values().map(|c| c - 1).sum()
 }
@@ -304,7 +296,7 @@ async fn every_line_arrives_once_and_appends_and_half_lines_follow() {
         env.intake.event_count(),
         log()
     );
-    sigterm(&child);
+    sigterm(child.id());
     let status = child.wait().unwrap();
     assert!(status.success(), "SIGTERM exit: {status}\n{}", log());
     // A restart has nothing left to send.
@@ -555,8 +547,8 @@ async fn two_instances_share_the_containers_and_lose_nothing() {
     let want = usize::try_from(n).unwrap() + 500;
     assert!(env.intake.wait_for(want, LIMIT).await, "{}", env.intake.event_count());
     tokio::time::sleep(Duration::from_secs(1)).await;
-    sigterm(&a);
-    sigterm(&b);
+    sigterm(a.id());
+    sigterm(b.id());
     let (a, b) = (wait_output(a, LIMIT).await, wait_output(b, LIMIT).await);
     let (log_a, log_b) = (log(&configs[0]), log(&configs[1]));
     assert!(a.status.success() && b.status.success(), "{log_a}\n{log_b}");

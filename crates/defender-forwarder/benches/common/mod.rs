@@ -24,10 +24,10 @@ pub fn record(n: u64, size: usize) -> String {
         r#"{{"time":"2026-11-23T09:31:07.4473310Z","tenantId":"5f2b6a1e-3c4d-4e5f-8a9b-0c1d2e3f4a5b","operationName":"Publish","category":"AdvancedHunting-DeviceProcessEvents","properties":{{"Timestamp":"2026-11-23T09:31:00.0000000Z","DeviceName":"ws-{n:07}.example.com","ActionType":"ProcessCreated","FileName":"powershell.exe","ReportId":{n},"ProcessCommandLine":""#
     );
     let pad = size.saturating_sub(head.len() + 3);
-    let filler: String = (0..pad)
-        .map(|i| char::from(b'a' + u8::try_from((n as usize + i) % 26).unwrap()))
-        .collect();
-    format!("{head}{filler}\"}}}}")
+    let mut out = head.into_bytes();
+    out.extend((0..pad).map(|i| b'a' + u8::try_from((n as usize + i) % 26).unwrap()));
+    out.extend_from_slice(b"\"}}");
+    String::from_utf8(out).expect("ASCII")
 }
 
 /// Appends `total` records of `size` bytes to `hub`, in Defender envelopes of `per_body`

@@ -59,7 +59,8 @@ pub(crate) async fn sleep_opt(d: Option<std::time::Duration>) {
 /// string it is always escaped), so a pretty-printed record becomes one line by turning its line
 /// breaks into spaces: every value stays byte for byte what it was.
 pub fn one_line(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if raw.iter().any(|b| *b == b'\n' || *b == b'\r') {
+    // Checked for every record a sink writes: a vectorised search, not a byte loop.
+    if memchr::memchr2(b'\n', b'\r', raw).is_some() {
         std::borrow::Cow::Owned(
             raw.iter()
                 .map(|b| if *b == b'\n' || *b == b'\r' { b' ' } else { *b })

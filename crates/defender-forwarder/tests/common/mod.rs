@@ -220,6 +220,12 @@ pub async fn wait_output(mut child: Child, limit: Duration) -> Output {
     }
 }
 
+/// Asks `pid` to stop the way a service manager does (SIGTERM); the caller waits for the exit.
+pub fn sigterm(pid: u32) {
+    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill -TERM {pid}: {status}");
+}
+
 /// How many times each `Seq` arrived, from record texts.
 pub fn seq_counts(events: &[String]) -> BTreeMap<u64, usize> {
     let mut out = BTreeMap::new();
