@@ -51,6 +51,15 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// client then drops it and waits forever for the outcome (`send_batch`, or the put-token before
 /// opening a link, hangs; seen about once in ten test runs). A real service is never this fast.
 const DISPOSITION_DELAY: Duration = Duration::from_millis(2);
+/// How long we hold back our answer to a detach the client started.
+///
+/// The Rust client drops its put-token session without waiting: it sends a detach per link, then
+/// `end`. An answering detach that reaches it before its `end` went out names a link it already
+/// forgot; it ends the session with `unattached-handle` and then closes the whole connection
+/// ("Session is not found"), failing whatever was using it (9 of 20 runs of the reader test
+/// failed so on this machine, 0 of 20 with the delay). Over a network the answer comes after the `end`, and after an `end` fe2o3 answers no
+/// detach at all.
+const DETACH_ANSWER_DELAY: Duration = Duration::from_millis(20);
 /// Events read from a partition per lock.
 const READ_CHUNK: usize = 128;
 
@@ -329,8 +338,8 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             () = shutting_down(&mut shutdown) => break,
         }
     }
-    let _ = timeout(CLOSE_WAIT, conn.close()).await;
-    tracing::debug!(%peer, id, "connection closed");
+    let closed = timeout(CLOSE_WAIT, conn.close()).await;
+    tracing::debug!(%peer, id, ?closed, "connection closed");
 }
 
 /// Keeps a second handle on the socket (for [`Shared::drop_connections`]).
@@ -599,6 +608,7 @@ async fn accept_receiver(acceptor: &Acceptor, attach: Attach, session: &mut List
 
 /// Answers a detach the peer started (fe2o3's `on_detach` does not).
 async fn answer_detach(sender: Sender, error: DetachError) {
+    tokio::time::sleep(DETACH_ANSWER_DELAY).await;
     match error {
         DetachError::ClosedByRemote => {
             let _ = timeout(CLOSE_WAIT, sender.close()).await;
@@ -869,6 +879,8 @@ async fn writer_link(mut receiver: Receiver, hub: Arc<Hub>, partition: Option<us
             Ok(d) => d,
             Err(error) => {
                 tracing::debug!(%error, hub = %hub.name, "sender link ended");
+                // Dropping the receiver answers the detach.
+                tokio::time::sleep(DETACH_ANSWER_DELAY).await;
                 return;
             }
         };
@@ -934,6 +946,8 @@ async fn request_link(mut receiver: Receiver, session: u64, service: Service, ct
             Ok(d) => d,
             Err(error) => {
                 tracing::debug!(%error, ?service, "request link ended");
+                // Dropping the receiver answers the detach.
+                tokio::time::sleep(DETACH_ANSWER_DELAY).await;
                 return;
             }
         };

@@ -216,12 +216,13 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Summary, Forward
     let mut hubs = Vec::new();
     for s in &config.sources {
         let name: Arc<str> = Arc::from(s.name());
+        let source_error = |message: String| ForwarderError::Source {
+            source_name: name.to_string(),
+            message,
+        };
         match s {
             config::Source::Storage(c) => {
-                let settings = source::storage::settings(c).map_err(|message| ForwarderError::Source {
-                    source_name: name.to_string(),
-                    message,
-                })?;
+                let settings = source::storage::settings(c).map_err(source_error)?;
                 let running = source::storage::start(
                     name.clone(),
                     settings,
@@ -231,17 +232,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Summary, Forward
                     read_stop.clone(),
                 )
                 .await
-                .map_err(|message| ForwarderError::Source {
-                    source_name: name.to_string(),
-                    message,
-                })?;
+                .map_err(source_error)?;
                 hubs.push(running.task);
             }
             config::Source::Eventhub(c) => {
-                let rc = source::eventhub::reader_config(c).map_err(|message| ForwarderError::Source {
-                    source_name: name.to_string(),
-                    message,
-                })?;
+                let rc = source::eventhub::reader_config(c).map_err(source_error)?;
                 let Some(names) = c.hub_names() else {
                     let running = source::eventhub::start(
                         name.clone(),
@@ -252,10 +247,7 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Summary, Forward
                         read_stop.clone(),
                     )
                     .await
-                    .map_err(|e| ForwarderError::Source {
-                        source_name: name.to_string(),
-                        message: error_chain(&e),
-                    })?;
+                    .map_err(|e| source_error(error_chain(&e)))?;
                     hubs.push(running.task);
                     continue;
                 };
@@ -288,14 +280,11 @@ pub async fn run(config: Config, options: RunOptions) -> Result<Summary, Forward
                     }
                 }
                 if missing.len() == names.len() {
-                    return Err(ForwarderError::Source {
-                        source_name: name.to_string(),
-                        message: format!(
-                            "none of its {} hubs can be read; the first: {}",
-                            names.len(),
-                            first_error.unwrap_or_default()
-                        ),
-                    });
+                    return Err(source_error(format!(
+                        "none of its {} hubs can be read; the first: {}",
+                        names.len(),
+                        first_error.unwrap_or_default()
+                    )));
                 }
                 for rc in missing {
                     hubs.push(tokio::spawn(retry_hub(

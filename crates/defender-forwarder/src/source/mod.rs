@@ -231,9 +231,11 @@ impl<P: Send + 'static> Router<P> {
             .and_then(|o| o.parse::<u64>().ok())
             .unwrap_or(0);
         let mut start = 0usize;
-        for line in body.split(|&b| b == b'\n') {
+        // memchr finds line ends a vector at a time; a byte loop would read every byte singly.
+        for end in memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len())) {
+            let line = &body[start..end];
             let offset = base + start as u64;
-            start += line.len() + 1;
+            start = end + 1;
             let trimmed = line.trim_ascii();
             if trimmed.is_empty() {
                 continue;
