@@ -57,8 +57,8 @@ const DISPOSITION_DELAY: Duration = Duration::from_millis(2);
 /// `end`. An answering detach that reaches it before its `end` went out names a link it already
 /// forgot; it ends the session with `unattached-handle` and then closes the whole connection
 /// ("Session is not found"), failing whatever was using it (9 of 20 runs of the reader test
-/// failed so on this machine, 0 of 20 with the delay). Over a network the answer comes after the `end`, and after an `end` fe2o3 answers no
-/// detach at all.
+/// failed so on this machine, 0 of 20 with the delay). Over a network the answer comes after
+/// the `end`, and after an `end` fe2o3 answers no detach at all.
 const DETACH_ANSWER_DELAY: Duration = Duration::from_millis(20);
 /// Events read from a partition per lock.
 const READ_CHUNK: usize = 128;
