@@ -95,10 +95,7 @@ async fn main() {
         .arg("--config")
         .arg(&config)
         .args(["--metrics", metrics])
-        .env(
-            "DEFENDER_LOG",
-            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".to_owned()),
-        )
+        .env("DEFENDER_LOG", common::log_level())
         .stdout(Stdio::null())
         .stderr(common::log_file("storage"))
         .spawn()

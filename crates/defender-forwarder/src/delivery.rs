@@ -45,6 +45,15 @@ impl fmt::Display for TableId {
     }
 }
 
+/// Counts one more for `table` in `counts`. A message or a batch holds one table or a few, so a
+/// short list searched from its newest entry beats hashing every record.
+pub(crate) fn tally<T: PartialEq + Clone>(counts: &mut Vec<(T, u64)>, table: &T) {
+    match counts.iter_mut().rev().find(|(seen, _)| seen == table) {
+        Some((_, n)) => *n += 1,
+        None => counts.push((table.clone(), 1)),
+    }
+}
+
 /// Where an event came from, for dead letters and logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {

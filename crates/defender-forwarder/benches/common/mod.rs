@@ -124,10 +124,7 @@ pub fn spawn_forwarder(
         .arg("--config")
         .arg(&config)
         .args(["--metrics", metrics])
-        .env(
-            "DEFENDER_LOG",
-            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".to_owned()),
-        )
+        .env("DEFENDER_LOG", log_level())
         .stdout(Stdio::null())
         .stderr(log_file(name))
         .spawn()
@@ -143,6 +140,12 @@ pub fn out_dir() -> PathBuf {
         .filter(|d| d.join("CACHEDIR.TAG").exists())
         .unwrap_or_else(|| root.join("target"))
         .join("bench")
+}
+
+/// The forwarder's log filter in benches: `BENCH_LOG`, default `warn` (logging every batch
+/// would be measured too).
+pub fn log_level() -> String {
+    std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".to_owned())
 }
 
 /// `<target>/bench/logs/{name}.log`, truncated: a process's log (level `BENCH_LOG`, default

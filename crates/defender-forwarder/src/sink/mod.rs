@@ -76,15 +76,11 @@ pub(crate) fn count_out<'a>(
     ctx: &SinkContext,
     tables: impl Iterator<Item = (&'a crate::delivery::TableId, usize)>,
 ) -> (u64, u64) {
-    // A batch holds one table or a few: a short list beats hashing every record.
     let mut per_table: Vec<(&crate::delivery::TableId, u64)> = Vec::new();
     let mut records = 0;
     let mut bytes = 0;
     for (t, len) in tables {
-        match per_table.iter_mut().rev().find(|(seen, _)| *seen == t) {
-            Some((_, n)) => *n += 1,
-            None => per_table.push((t, 1)),
-        }
+        crate::delivery::tally(&mut per_table, &t);
         records += 1;
         bytes += len as u64;
     }

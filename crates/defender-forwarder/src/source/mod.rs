@@ -204,11 +204,7 @@ impl<P: Send + 'static> Router<P> {
         if self.shared.check_records {
             check(&self.shared.metrics, &table, r);
         }
-        // A message holds one table or a few: a short list beats hashing every record.
-        match out.per_table.iter_mut().rev().find(|(t, _)| *t == table) {
-            Some((_, n)) => *n += 1,
-            None => out.per_table.push((table.clone(), 1)),
-        }
+        crate::delivery::tally(&mut out.per_table, &table);
         let record = Record {
             raw: body.slice_ref(r.raw().as_bytes()),
             day: r.time().and_then(Day::of),
