@@ -12,6 +12,11 @@
 //! files); CPU seconds and peak RSS (`VmHWM`) are the process's own, polled from `/proc` every
 //! 50 ms. The reference may be capped in time: it is then measured over what it delivered.
 //!
+//! With `BENCH_REPEAT=N` each configuration runs N times (all three, in turn, each time from a
+//! consumer group of its own); the tables show, for each tool and sink, the run with the median
+//! records/s, and the records/s of every run. Single runs on a busy machine move by a fifth or
+//! more.
+//!
 //! Writes `compare.md`, `compare.csv` and `compare.svg` to `<target>/bench/`.
 //!
 //! ```text
@@ -24,7 +29,8 @@
 //! `BENCH_RECORDS` (records per run, overrides `BENCH_MB`), `BENCH_REFERENCE_SECONDS` (the
 //! reference's time cap, default 60; 0: none), `DEFENDER_BENCH_PYTHON` (default
 //! `target/py/bin/python`, created and given the packages with pip when missing), and
-//! `BENCH_FORWARDER_TOML` / `BENCH_SOURCE_TOML` as in the `forward` bench.
+//! `BENCH_FORWARDER_TOML` / `BENCH_SOURCE_TOML` as in the `forward` bench, `BENCH_REPEAT` (runs
+//! per configuration, default 1).
 #![allow(
     clippy::cast_precision_loss,
     clippy::cast_possible_truncation,
@@ -72,6 +78,9 @@ struct Row {
     harness_cpu_s: f64,
     /// What the reference said of its run.
     note: String,
+    /// Records/s of every run of this tool and sink in this configuration, ascending (this row
+    /// is the median one).
+    runs: Vec<f64>,
 }
 
 impl Row {
@@ -183,7 +192,12 @@ struct Bench {
 
 impl Bench {
     async fn ours(&self, emulator: &Emulator, setup: &Setup, sink: &'static str) -> Row {
-        let name = format!("ours-{sink}-p{}-s{}", setup.partitions, setup.size);
+        let name = format!(
+            "ours-{sink}-p{}-s{}{}",
+            setup.partitions,
+            setup.size,
+            setup.run_suffix()
+        );
         let metrics = format!("127.0.0.1:{}", common::free_port());
         let (sink_toml, extra, checkpoints) = if sink == "sekoia" {
             let sink_toml = format!(
@@ -237,7 +251,7 @@ impl Bench {
     }
 
     async fn reference(&self, emulator: &Emulator, setup: &Setup) -> Row {
-        let name = format!("ref-p{}-s{}", setup.partitions, setup.size);
+        let name = format!("ref-p{}-s{}{}", setup.partitions, setup.size, setup.run_suffix());
         let total = setup.total.to_string();
         let intake_url = self.intake.url();
         let cs = emulator.connection_string(HUB);
@@ -332,9 +346,20 @@ struct Setup {
     total: u64,
     per_body: u64,
     bytes: u64,
+    /// Which run of this configuration (from 0).
+    run: u64,
 }
 
 impl Setup {
+    /// Names (consumer groups, containers, logs) of repeated runs must differ.
+    fn run_suffix(&self) -> String {
+        if self.run == 0 {
+            String::new()
+        } else {
+            format!("-r{}", self.run + 1)
+        }
+    }
+
     fn row(&self, tool: &'static str, sink: &'static str, checkpoints: String, m: Measured, harness_cpu_s: f64) -> Row {
         Row {
             partitions: self.partitions,
@@ -348,6 +373,7 @@ impl Setup {
             m,
             harness_cpu_s,
             note: String::new(),
+            runs: Vec::new(),
         }
     }
 }
@@ -371,6 +397,7 @@ async fn main() {
         )
     };
     let records = common::env_num("BENCH_RECORDS").or(small.then_some(20_000));
+    let repeat = common::env_num("BENCH_REPEAT").unwrap_or(1).max(1);
     let mb = common::env_num("BENCH_MB").unwrap_or(400);
     let cap = match common::env_num("BENCH_REFERENCE_SECONDS").unwrap_or(60) {
         0 => None,
@@ -417,40 +444,33 @@ async fn main() {
             .await
             .unwrap();
             let bytes = common::preload(&emulator, HUB, p, total, size, per_body);
-            let setup = Setup {
+            let mut setup = Setup {
                 partitions: p,
                 size,
                 total,
                 per_body,
                 bytes,
+                run: 0,
             };
             eprintln!(
                 "{p} partitions, {total} records of {} KiB ({:.0} MB, {per_body} per message)",
                 kib(size),
                 bytes as f64 / 1e6
             );
-            for row in [
-                bench.ours(&emulator, &setup, "sekoia").await,
-                bench.ours(&emulator, &setup, "files").await,
-                bench.reference(&emulator, &setup).await,
-            ] {
-                eprintln!(
-                    "  {:<20} {:>9.0} records/s {:>7.1} MB/s {:>6.1} CPU s/1M {:>6.0} MiB{}",
-                    row.label(),
-                    row.records_per_s(),
-                    row.mb_per_s(),
-                    row.cpu_per_million(),
-                    row.m.peak_rss_mib,
-                    if row.m.capped {
-                        format!("  (capped: {} of {} records)", row.m.records, row.target)
-                    } else if row.note.is_empty() {
-                        String::new()
-                    } else {
-                        format!("  ({})", row.note)
-                    }
-                );
-                rows.push(row);
+            let mut runs: [Vec<Row>; 3] = Default::default();
+            for run in 0..repeat {
+                setup.run = run;
+                let trio = [
+                    bench.ours(&emulator, &setup, "sekoia").await,
+                    bench.ours(&emulator, &setup, "files").await,
+                    bench.reference(&emulator, &setup).await,
+                ];
+                for (row, all) in trio.into_iter().zip(&mut runs) {
+                    print_row(&row);
+                    all.push(row);
+                }
             }
+            rows.extend(runs.into_iter().map(median));
             emulator.shutdown().await;
         }
     }
@@ -459,11 +479,16 @@ async fn main() {
         "Date: {} UTC. Machine: {cores} cores, {mem_gib:.0} GiB; load average at start {}. \
          Records in Defender envelopes of 100 (fewer for large records: a message stays under 900 kB). \
          Reference: Python {}. Checkpoints: {azurite_note}. \
-         Reference cap: {}. Total time {:.0} s.{}",
+         Reference cap: {}. Runs per configuration: {repeat}{}. Total time {:.0} s.{}",
         chrono::Utc::now().format("%Y-%m-%d %H:%M"),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         py_versions(&versions),
         cap.map_or("none".to_owned(), |c| format!("{} s", c.as_secs())),
+        if repeat > 1 {
+            " (each row is the run with the median records/s of its tool and sink)"
+        } else {
+            ""
+        },
         started.elapsed().as_secs_f64(),
         match (
             std::env::var("BENCH_FORWARDER_TOML"),
@@ -492,6 +517,34 @@ async fn main() {
     println!("written: {}/compare.{{md,csv,svg}}", out.display());
 }
 
+/// One run, as it finishes.
+fn print_row(row: &Row) {
+    eprintln!(
+        "  {:<20} {:>9.0} records/s {:>7.1} MB/s {:>6.1} CPU s/1M {:>6.0} MiB{}",
+        row.label(),
+        row.records_per_s(),
+        row.mb_per_s(),
+        row.cpu_per_million(),
+        row.m.peak_rss_mib,
+        if row.m.capped {
+            format!("  (capped: {} of {} records)", row.m.records, row.target)
+        } else if row.note.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", row.note)
+        }
+    );
+}
+
+/// The run with the median records/s (the slower middle one of an even count), knowing them all.
+fn median(mut runs: Vec<Row>) -> Row {
+    runs.sort_by(|a, b| a.records_per_s().total_cmp(&b.records_per_s()));
+    let all: Vec<f64> = runs.iter().map(Row::records_per_s).collect();
+    let mut row = runs.swap_remove((runs.len() - 1) / 2);
+    row.runs = all;
+    row
+}
+
 fn opt(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"))
 }
@@ -500,13 +553,13 @@ fn markdown(header: &str, rows: &[Row]) -> String {
     let mut s = String::from("# The forwarder and the Python reference consumer\n\n");
     let _ = writeln!(s, "{header}\n");
     s.push_str(
-        "| partitions | record (KiB) | tool -> sink | checkpoints | records | s | first delivery (s) | records/s | records/s after the first delivery | MB/s | CPU s per 1M records | peak RSS (MiB) | harness CPU s |\n\
-         |---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| partitions | record (KiB) | tool -> sink | checkpoints | records | s | first delivery (s) | records/s | records/s after the first delivery | MB/s | CPU s per 1M records | peak RSS (MiB) | harness CPU s | records/s of each run |\n\
+         |---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {}{} | {:.1} | {} | {:.0} | {} | {:.1} | {:.1} | {:.0} | {:.1} |",
+            "| {} | {} | {} | {} | {}{} | {:.1} | {} | {:.0} | {} | {:.1} | {:.1} | {:.0} | {:.1} | {} |",
             r.partitions,
             kib(r.size),
             r.label(),
@@ -524,7 +577,8 @@ fn markdown(header: &str, rows: &[Row]) -> String {
             r.mb_per_s(),
             r.cpu_per_million(),
             r.m.peak_rss_mib,
-            r.harness_cpu_s
+            r.harness_cpu_s,
+            r.runs.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(", ")
         );
     }
     s.push_str("\nThe reference's own account of each run:\n\n");
@@ -574,12 +628,12 @@ fn csv(rows: &[Row]) -> String {
     let mut s = String::from(
         "partitions,record_bytes,records_per_message,tool,sink,checkpoints,records_target,records_done,capped,\
          seconds,first_delivery_s,records_per_s,steady_records_per_s,mb_per_s,cpu_s,cpu_s_per_million_records,\
-         peak_rss_mib,harness_cpu_s\n",
+         peak_rss_mib,harness_cpu_s,records_per_s_runs\n",
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{:.3},{},{:.1},{},{:.2},{:.2},{:.3},{:.1},{:.2}",
+            "{},{},{},{},{},{},{},{},{},{:.3},{},{:.1},{},{:.2},{:.2},{:.3},{:.1},{:.2},{}",
             r.partitions,
             r.size,
             r.per_body,
@@ -598,7 +652,8 @@ fn csv(rows: &[Row]) -> String {
             r.m.cpu_s,
             r.cpu_per_million(),
             r.m.peak_rss_mib,
-            r.harness_cpu_s
+            r.harness_cpu_s,
+            r.runs.iter().map(|v| format!("{v:.1}")).collect::<Vec<_>>().join(";")
         );
     }
     s

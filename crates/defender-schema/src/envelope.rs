@@ -1,10 +1,12 @@
 //! The Streaming API envelope, `{"records": [record, ...]}`, split without copying.
 //!
-//! Routing only needs each record's `category` and its exact bytes, so [`split_body`] makes one
-//! pass over the body: every record field is skipped as a borrowed [`RawValue`], and the record's
-//! own span is recovered from where its first key and last value sit in the input. Inputs where
-//! that cannot work (a record that is not an object, an escaped first key) take a slower two-pass
-//! path with the same results.
+//! Routing only needs each record's `category` and its exact bytes, so [`split_body`] first tries
+//! the hand-written scanner (`scan.rs`), which checks the JSON and keeps only spans. What it
+//! leaves alone (anything unusual, broken or not routable) goes through `serde_json` in one pass:
+//! every record field is skipped as a borrowed [`RawValue`], and the record's own span is
+//! recovered from where its first key and last value sit in the input. Inputs where that cannot
+//! work (a record that is not an object, an escaped first key) take a slower two-pass path. All
+//! three give the same results where they answer.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -20,8 +22,9 @@ use crate::{BodyError, DecodeError, Event, JsonKind, RecordError, Table};
 pub struct RecordRef<'a> {
     raw: &'a str,
     category: Cow<'a, str>,
-    properties: &'a RawValue,
-    time: Option<&'a RawValue>,
+    /// Checked JSON: an object.
+    properties: &'a str,
+    time: Option<&'a str>,
 }
 
 impl<'a> RecordRef<'a> {
@@ -50,7 +53,9 @@ impl<'a> RecordRef<'a> {
 
     /// The row (`properties`), undecoded.
     pub fn properties(&self) -> &'a RawValue {
-        self.properties
+        // Splitting keeps the span, not a `RawValue`: forwarding never asks for one, and a
+        // borrowed `RawValue` can only be had by parsing (again) what was already checked.
+        serde_json::from_str(self.properties).expect("split_body and parse_record checked this JSON")
     }
 
     /// The record's `time` as it arrived, when it is a plain string.
@@ -58,9 +63,19 @@ impl<'a> RecordRef<'a> {
         plain_string(self.time?)
     }
 
+    /// `time` as it arrived, any JSON.
+    #[cfg(test)]
+    pub(crate) fn time_raw(&self) -> Option<&'a str> {
+        self.time
+    }
+
     /// Decodes the row into its typed model ([`Event::Unknown`] for a table this crate does not know).
     pub fn decode(&self) -> Result<Event, DecodeError> {
-        Event::decode(&self.category, self.properties)
+        // A known table decodes straight from the text; only `Unknown` keeps a `RawValue`.
+        match self.table() {
+            Some(table) => crate::table::decode_row_text(table, self.properties),
+            None => Event::decode(&self.category, self.properties()),
+        }
     }
 }
 
@@ -102,6 +117,25 @@ pub fn split_body(body: &[u8]) -> Result<Split<'_>, BodyError> {
     let text = std::str::from_utf8(body).map_err(|e| BodyError::Utf8 {
         offset: e.valid_up_to(),
     })?;
+    if let Some(spans) = crate::scan::split(text) {
+        return Ok(spans
+            .into_iter()
+            .map(|s| {
+                let at = |(a, z): (usize, usize)| &text[a..z];
+                Ok(RecordRef {
+                    raw: at(s.record),
+                    category: Cow::Borrowed(at(s.category)),
+                    properties: at(s.properties),
+                    time: s.time.map(at),
+                })
+            })
+            .collect());
+    }
+    split_with_serde(text)
+}
+
+/// What [`split_body`] does when the scanner leaves the body to `serde_json`.
+pub(crate) fn split_with_serde(text: &str) -> Result<Split<'_>, BodyError> {
     match fast::split(text)? {
         Some(records) => Ok(records),
         None => split_two_pass(text),
@@ -110,6 +144,20 @@ pub fn split_body(body: &[u8]) -> Result<Split<'_>, BodyError> {
 
 /// Parses one record on its own (a line of the Storage-account export, or of an NDJSON file).
 pub fn parse_record(raw: &str) -> Result<RecordRef<'_>, RecordError> {
+    if let Some(s) = crate::scan::record(raw) {
+        let at = |(a, z): (usize, usize)| &raw[a..z];
+        return Ok(RecordRef {
+            raw,
+            category: Cow::Borrowed(at(s.category)),
+            properties: at(s.properties),
+            time: s.time.map(at),
+        });
+    }
+    parse_record_with_serde(raw)
+}
+
+/// What [`parse_record`] does when the scanner leaves the record to `serde_json`.
+pub(crate) fn parse_record_with_serde(raw: &str) -> Result<RecordRef<'_>, RecordError> {
     let fields = record_fields(raw)?;
     fields.into_record(raw)
 }
@@ -167,7 +215,7 @@ impl<'a> Fields<'a> {
         }
         let category = self.category.ok_or(RecordError::MissingCategory)?;
         // Categories have no escapes: borrow the text between the quotes without a second parser.
-        let category = match plain_string(category) {
+        let category = match plain_string(category.get()) {
             Some(text) => Cow::Borrowed(text),
             None => {
                 serde_json::from_str::<Key<'a>>(category.get())
@@ -182,15 +230,15 @@ impl<'a> Fields<'a> {
         Ok(RecordRef {
             raw,
             category,
-            properties,
-            time: self.time,
+            properties: properties.get(),
+            time: self.time.map(RawValue::get),
         })
     }
 }
 
 /// The text of a JSON string value that has no escapes (so its text is its raw bytes).
-fn plain_string(v: &RawValue) -> Option<&str> {
-    let inner = v.get().strip_prefix('"')?.strip_suffix('"')?;
+fn plain_string(v: &str) -> Option<&str> {
+    let inner = v.strip_prefix('"')?.strip_suffix('"')?;
     (!inner.contains('\\')).then_some(inner)
 }
 

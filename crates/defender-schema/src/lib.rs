@@ -53,6 +53,7 @@ mod error;
 mod generated;
 mod kql;
 mod record;
+mod scan;
 mod table;
 mod table_row;
 mod timestamp;

@@ -52,7 +52,12 @@ impl Event {
 }
 
 pub(crate) fn decode_row(table: Table, properties: &RawValue) -> Result<Event, DecodeError> {
-    let mut de = serde_json::Deserializer::from_str(properties.get());
+    decode_row_text(table, properties.get())
+}
+
+/// [`decode_row`] from the row's JSON text.
+pub(crate) fn decode_row_text(table: Table, properties: &str) -> Result<Event, DecodeError> {
+    let mut de = serde_json::Deserializer::from_str(properties);
     Event::decode_from(table, &mut de)
         .and_then(|event| de.end().map(|()| event))
         .map_err(|e| DecodeError::from_json(table.name(), &e))

@@ -33,7 +33,7 @@ pub struct Config {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tuning {
-    /// Message bytes read but not yet delivered by every sink, in MiB (default 32). Reading
+    /// Message bytes read but not yet delivered by every sink, in MiB (default 8). Reading
     /// pauses at this bound: the memory ceiling when a sink is slow or down.
     pub max_in_flight_mib: Option<Num>,
     /// How often delivered positions are checkpointed (default 1s).
