@@ -2,8 +2,8 @@
 //! each record an object whose `category` is a plain string and whose `properties` is an object.
 //!
 //! Routing every message body through `serde_json` was the forwarder's largest own cost. This
-//! scanner validates the same JSON grammar but skips strings with `memchr2` and builds nothing
-//! but spans. It only ever answers for inputs it fully understands: anything else (a syntax error,
+//! scanner checks the same JSON grammar but skips strings a word at a time (`memchr2` for long
+//! ones) and builds nothing but spans. It only ever answers for inputs it fully understands: anything else (a syntax error,
 //! a control byte anywhere, an escaped key, a record that is not routable, other envelope keys,
 //! deep nesting) returns `None`, and the caller takes the `serde_json` path, which gives the same
 //! records or the precise error. So it may refuse valid input, but never accepts invalid input.
