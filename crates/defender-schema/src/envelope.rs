@@ -28,6 +28,17 @@ pub struct RecordRef<'a> {
 }
 
 impl<'a> RecordRef<'a> {
+    /// A record the scanner checked: its spans index `text`; `raw` is what a sink forwards.
+    fn scanned(text: &'a str, raw: &'a str, s: &crate::scan::Spans) -> Self {
+        let at = |(a, z): (usize, usize)| &text[a..z];
+        RecordRef {
+            raw,
+            category: Cow::Borrowed(at(s.category)),
+            properties: at(s.properties),
+            time: s.time.map(at),
+        }
+    }
+
     /// The record exactly as it arrived (what a sink forwards).
     pub fn raw(&self) -> &'a str {
         self.raw
@@ -119,16 +130,8 @@ pub fn split_body(body: &[u8]) -> Result<Split<'_>, BodyError> {
     })?;
     if let Some(spans) = crate::scan::split(text) {
         return Ok(spans
-            .into_iter()
-            .map(|s| {
-                let at = |(a, z): (usize, usize)| &text[a..z];
-                Ok(RecordRef {
-                    raw: at(s.record),
-                    category: Cow::Borrowed(at(s.category)),
-                    properties: at(s.properties),
-                    time: s.time.map(at),
-                })
-            })
+            .iter()
+            .map(|s| Ok(RecordRef::scanned(text, &text[s.record.0..s.record.1], s)))
             .collect());
     }
     split_with_serde(text)
@@ -145,13 +148,7 @@ pub(crate) fn split_with_serde(text: &str) -> Result<Split<'_>, BodyError> {
 /// Parses one record on its own (a line of the Storage-account export, or of an NDJSON file).
 pub fn parse_record(raw: &str) -> Result<RecordRef<'_>, RecordError> {
     if let Some(s) = crate::scan::record(raw) {
-        let at = |(a, z): (usize, usize)| &raw[a..z];
-        return Ok(RecordRef {
-            raw,
-            category: Cow::Borrowed(at(s.category)),
-            properties: at(s.properties),
-            time: s.time.map(at),
-        });
+        return Ok(RecordRef::scanned(raw, raw, &s));
     }
     parse_record_with_serde(raw)
 }

@@ -42,11 +42,8 @@ pub(crate) fn split(body: &str) -> Option<Vec<Spans>> {
     if s.eat(b']').is_none() {
         loop {
             out.push(s.record()?);
-            s.ws();
-            match s.next()? {
-                b',' => s.ws(),
-                b']' => break,
-                _ => return None,
+            if !s.more(b']')? {
+                break;
             }
         }
     }
@@ -197,11 +194,8 @@ impl Scan<'_> {
             {
                 return None; // duplicate: the serde path reports it
             }
-            self.ws();
-            match self.next()? {
-                b',' => self.ws(),
-                b'}' => break,
-                _ => return None,
+            if !self.more(b'}')? {
+                break;
             }
         }
         let category: (usize, usize) = category?;
@@ -221,51 +215,51 @@ impl Scan<'_> {
     fn value(&mut self, depth: u32) -> Option<()> {
         match self.peek()? {
             b'"' => self.string().map(drop),
-            b'{' => {
-                let depth = depth.checked_sub(1)?;
-                self.i += 1;
-                self.ws();
-                if self.eat(b'}').is_some() {
-                    return Some(());
-                }
-                loop {
-                    if self.peek()? != b'"' {
-                        return None;
-                    }
-                    self.string()?;
-                    self.ws();
-                    self.eat(b':')?;
-                    self.ws();
-                    self.value(depth)?;
-                    self.ws();
-                    match self.next()? {
-                        b',' => self.ws(),
-                        b'}' => return Some(()),
-                        _ => return None,
-                    }
-                }
-            }
-            b'[' => {
-                let depth = depth.checked_sub(1)?;
-                self.i += 1;
-                self.ws();
-                if self.eat(b']').is_some() {
-                    return Some(());
-                }
-                loop {
-                    self.value(depth)?;
-                    self.ws();
-                    match self.next()? {
-                        b',' => self.ws(),
-                        b']' => return Some(()),
-                        _ => return None,
-                    }
-                }
-            }
+            b'{' => self.container(b'}', true, depth),
+            b'[' => self.container(b']', false, depth),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
             _ => self.number(),
+        }
+    }
+
+    /// The rest of an object (`keyed`) or array whose opening bracket is at `i`.
+    fn container(&mut self, close: u8, keyed: bool, depth: u32) -> Option<()> {
+        let depth = depth.checked_sub(1)?;
+        self.i += 1;
+        self.ws();
+        if self.eat(close).is_some() {
+            return Some(());
+        }
+        loop {
+            if keyed {
+                if self.peek()? != b'"' {
+                    return None;
+                }
+                self.string()?;
+                self.ws();
+                self.eat(b':')?;
+                self.ws();
+            }
+            self.value(depth)?;
+            if !self.more(close)? {
+                return Some(());
+            }
+        }
+    }
+
+    /// After an element: `true` at a `,` (another follows), `false` at `close`; `None` at
+    /// anything else.
+    fn more(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        match self.next()? {
+            b',' => {
+                self.ws();
+                Some(true)
+            }
+            c if c == close => Some(false),
+            _ => None,
         }
     }
 
