@@ -30,7 +30,13 @@ const DATA_EXTENSIONS: &[&str] = &["json", "ndjson", "jsonl"];
 /// Expands the arguments: `-` is stdin, a folder is every data file below it (sorted), a file is
 /// itself whatever its name. A missing path is an error naming it.
 pub fn expand(args: &[PathBuf]) -> Result<Vec<Source>> {
+    expand_listing(args).map(|(sources, _)| sources)
+}
+
+/// As [`expand`], also returning the files found in folders but left out for their extension.
+pub fn expand_listing(args: &[PathBuf]) -> Result<(Vec<Source>, Vec<PathBuf>)> {
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
     for arg in args {
         if arg.as_os_str() == "-" {
             out.push(Source::Stdin);
@@ -39,23 +45,35 @@ pub fn expand(args: &[PathBuf]) -> Result<Vec<Source>> {
         let meta = std::fs::metadata(arg).with_context(|| format!("cannot read `{}`", arg.display()))?;
         if meta.is_dir() {
             let mut files = Vec::new();
-            walk(arg, &mut files).with_context(|| format!("cannot list `{}`", arg.display()))?;
+            walk(arg, &mut files, &mut skipped).with_context(|| format!("cannot list `{}`", arg.display()))?;
             files.sort();
             out.extend(files.into_iter().map(Source::File));
         } else {
             out.push(Source::File(arg.clone()));
         }
     }
-    Ok(out)
+    skipped.sort();
+    Ok((out, skipped))
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// The extensions read inside folders, for messages.
+pub fn data_extensions() -> String {
+    DATA_EXTENSIONS
+        .iter()
+        .map(|e| format!(".{e}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, skipped: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path.is_dir() {
-            walk(&path, out)?;
+            walk(&path, out, skipped)?;
         } else if is_data_file(&path) {
             out.push(path);
+        } else if !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+            skipped.push(path);
         }
     }
     Ok(())

@@ -99,11 +99,11 @@ async fn reader(emulator: &Emulator, records: usize, prefetch: u32) -> Duration 
     let mut seen = 0;
     while seen < records {
         let batch = rx.recv().await.unwrap();
-        for e in &batch.events {
+        for e in &batch.messages {
             seen += defender_schema::split_body(e.body.as_deref().unwrap()).unwrap().len();
         }
         reader
-            .checkpoint(&batch.position(batch.events.len() - 1))
+            .checkpoint(&batch.position(batch.messages.len() - 1))
             .await
             .unwrap();
     }

@@ -7,6 +7,8 @@
 //! - [`checkpoint`] has the stores: local files, and Azure Blob Storage in the layout the other
 //!   Azure SDKs use.
 //! - [`blob`] is the small Blob REST client behind the Blob store.
+//! - [`lease`] is the one ownership engine: partitions, containers, anything shared among
+//!   instances through a checkpoint store.
 #![forbid(unsafe_code)]
 
 mod backoff;
@@ -14,12 +16,14 @@ pub mod blob;
 pub mod checkpoint;
 mod connection;
 mod identity;
+pub mod lease;
 mod reader;
 
 pub use backoff::Backoff;
 pub use connection::{Connection, ConnectionError, Secret, Target};
 pub use identity::Identity;
+pub use lease::{Balancing, Plan, plan};
 pub use reader::{
-    Balancing, Batch, Checkpointer, Event, PartitionKey, Plan, Position, Reader, ReaderConfig, ReaderError, StartFrom,
-    plan,
+    Batch, Checkpointer, Message, PartitionKey, PartitionProgress, Position, Reader, ReaderConfig, ReaderError,
+    StartFrom,
 };

@@ -16,7 +16,7 @@ use crate::delivery::Origin;
 
 /// One dead letter as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
+pub struct DeadLetter {
     /// When it was written (RFC 3339, UTC).
     pub at: String,
     /// The sink that gave it up (`forwarder` when no sink could even be chosen: a broken body).
@@ -44,14 +44,20 @@ pub struct Entry {
     pub record_base64: Option<String>,
 }
 
-impl Entry {
+impl DeadLetter {
     /// A new entry for `record`.
-    pub fn new(sink: &str, origin: &Origin, table: Option<&str>, reason: impl Into<String>, record: &[u8]) -> Entry {
+    pub fn new(
+        sink: &str,
+        origin: &Origin,
+        table: Option<&str>,
+        reason: impl Into<String>,
+        record: &[u8],
+    ) -> DeadLetter {
         let (text, b64) = match std::str::from_utf8(record) {
             Ok(s) => (Some(s.to_owned()), None),
             Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(record))),
         };
-        Entry {
+        DeadLetter {
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             sink: sink.to_owned(),
             source: origin.source.to_string(),
@@ -106,7 +112,7 @@ impl DeadLetters {
     }
 
     /// Appends entries and fsyncs them.
-    pub async fn put(&self, entries: Vec<Entry>) -> io::Result<()> {
+    pub async fn put(&self, entries: Vec<DeadLetter>) -> io::Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -118,7 +124,7 @@ impl DeadLetters {
 
     /// [`put`](Self::put), retried until it succeeds: a record must not be lost because the
     /// disk was briefly full. Every failure is logged.
-    pub async fn put_until_ok(&self, entries: Vec<Entry>) {
+    pub async fn put_until_ok(&self, entries: Vec<DeadLetter>) {
         let mut delay = Duration::from_millis(200);
         loop {
             match self.put(entries.clone()).await {
@@ -132,7 +138,7 @@ impl DeadLetters {
         }
     }
 
-    fn put_blocking(&self, entries: &[Entry]) -> io::Result<()> {
+    fn put_blocking(&self, entries: &[DeadLetter]) -> io::Result<()> {
         let _guard = self.lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
         let day_dir = self.dir.join(day);
@@ -191,7 +197,7 @@ impl DeadLetters {
     }
 
     /// Reads the entries of one file; a line that cannot be read is reported with its number.
-    pub fn read(path: &Path) -> io::Result<Vec<Result<Entry, String>>> {
+    pub fn read(path: &Path) -> io::Result<Vec<Result<DeadLetter, String>>> {
         let f = File::open(path)?;
         let mut out = Vec::new();
         for (i, line) in io::BufReader::new(f).lines().enumerate() {
@@ -250,14 +256,14 @@ mod tests {
         };
         store
             .put(vec![
-                Entry::new("sekoia", &origin, Some("DeviceInfo"), "too big", br#"{"a":1}"#),
-                Entry::new("forwarder", &origin, None, "not UTF-8", &[0xff, 0xfe]),
+                DeadLetter::new("sekoia", &origin, Some("DeviceInfo"), "too big", br#"{"a":1}"#),
+                DeadLetter::new("forwarder", &origin, None, "not UTF-8", &[0xff, 0xfe]),
             ])
             .await
             .unwrap();
         let files = store.files().unwrap();
         assert_eq!(files.len(), 2);
-        let all: Vec<Entry> = files
+        let all: Vec<DeadLetter> = files
             .iter()
             .flat_map(|f| DeadLetters::read(f).unwrap())
             .map(Result::unwrap)

@@ -109,7 +109,7 @@ impl fmt::Display for Day {
 
 /// One Defender record on its way to a sink: the exact bytes the source delivered.
 #[derive(Debug, Clone)]
-pub struct Record {
+pub struct SinkRecord {
     /// Its table.
     pub table: TableId,
     /// The record's JSON, exactly as it arrived (a slice of the message body, not a copy).
@@ -124,7 +124,7 @@ pub struct Record {
 #[derive(Debug)]
 pub struct Delivery {
     /// The records, in source order.
-    pub records: Vec<Record>,
+    pub records: Vec<SinkRecord>,
     /// Acknowledge once every record is delivered or dead-lettered.
     pub ack: Ack,
     /// When the source read them (for the delivery-latency metric).

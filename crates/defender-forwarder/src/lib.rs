@@ -1,5 +1,6 @@
-//! The forwarder: sources (Event Hubs) -> split and route per table -> sinks (Sekoia.io intake,
-//! local archive, stdout), at least once.
+//! The forwarder: sources (Event Hubs, the Storage export) -> split and route per table -> sinks
+//! (Sekoia.io intake, local archive, stdout), at least once. A source or sink kind is one module
+//! of [`source`] or [`sink`], registered in its `KINDS` list.
 //!
 //! The one invariant everything here serves: **a checkpoint never passes an undelivered event.**
 //! Every event read gets a ticket; every sink that routes any of its records
@@ -9,15 +10,18 @@
 #![forbid(unsafe_code)]
 
 pub mod archive;
+pub mod checkpoints;
 pub mod config;
 pub mod deadletter;
 pub mod delivery;
+pub mod instance;
 pub mod metrics;
 pub mod pipeline;
 pub mod replay;
-pub mod route;
+pub mod router;
 pub mod sink;
 pub mod source;
+pub mod table_filter;
 pub mod tracker;
 
 /// An error and its causes on one line, each cause once (clients often repeat their source's

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use defender_forwarder::config::Config;
-use defender_forwarder::pipeline::{self, RunOptions};
+use defender_forwarder::pipeline::{self, Ended, RunOptions, Summary};
 use tokio_util::sync::CancellationToken;
 
 /// Forwards Microsoft Defender XDR advanced-hunting events from Azure Event Hubs to Sekoia.io,
@@ -21,9 +21,14 @@ struct Args {
     /// The configuration file (TOML; `${VAR}` and `${VAR:-default}` read the environment).
     #[arg(long, short)]
     config: PathBuf,
-    /// Exit (after delivering and checkpointing) once nothing new arrived for SECS seconds.
+    /// Exit once nothing new arrived for SECS seconds and every partition (or container) is read
+    /// to its end, here or by a live other instance, and delivered and checkpointed (exit 0).
+    /// While a partition waits for a silent owner's lease to expire, it keeps waiting.
     #[arg(long, value_name = "SECS")]
     exit_when_idle: Option<f64>,
+    /// With --exit-when-idle: give up after SECS seconds, name what is unread and exit 3.
+    #[arg(long, value_name = "SECS", requires = "exit_when_idle")]
+    max_wait: Option<f64>,
     /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` on PORT (127.0.0.1) or ADDR:PORT.
     #[arg(long, value_name = "[ADDR:]PORT")]
     metrics: Option<String>,
@@ -58,12 +63,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let exit_when_idle = match args.exit_when_idle {
-        Some(s) if !(s.is_finite() && s >= 0.0) => {
-            eprintln!("error: --exit-when-idle: expected a number of seconds, got {s}");
+    let (exit_when_idle, max_wait) = match (
+        seconds("--exit-when-idle", args.exit_when_idle),
+        seconds("--max-wait", args.max_wait),
+    ) {
+        (Ok(idle), Ok(max)) => (idle, max),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
             return ExitCode::from(2);
         }
-        s => s.map(Duration::from_secs_f64),
     };
     if args.check_config {
         println!(
@@ -85,26 +93,13 @@ fn main() -> ExitCode {
         tokio::spawn(signals(stop.clone()));
         let options = RunOptions {
             exit_when_idle,
+            max_wait,
             metrics_addr,
             stop,
-            metrics: None,
+            ..RunOptions::default()
         };
         match pipeline::run(config, options).await {
-            Ok(summary) => {
-                let out: Vec<String> = summary
-                    .records_out
-                    .iter()
-                    .map(|(sink, n)| format!("{sink}={n}"))
-                    .collect();
-                tracing::info!(
-                    records_in = summary.records_in,
-                    delivered = %out.join(" "),
-                    dead_letters = summary.dead_letters,
-                    clean = summary.clean,
-                    "stopped"
-                );
-                ExitCode::SUCCESS
-            }
+            Ok(summary) => stopped(&summary),
             Err(e) => {
                 tracing::error!(error = %e, "cannot run");
                 eprintln!("error: {e}");
@@ -112,6 +107,52 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+fn seconds(flag: &str, s: Option<f64>) -> Result<Option<Duration>, String> {
+    match s {
+        Some(s) if !(s.is_finite() && s >= 0.0) => Err(format!("{flag}: expected a number of seconds, got {s}")),
+        s => Ok(s.map(Duration::from_secs_f64)),
+    }
+}
+
+/// Logs the summary and picks the exit code: 0 when everything read was delivered and
+/// checkpointed (and, with --exit-when-idle, everything was read), 1 when the shutdown could not
+/// finish that, 3 when --max-wait ran out.
+fn stopped(summary: &Summary) -> ExitCode {
+    let out: Vec<String> = summary
+        .records_out
+        .iter()
+        .map(|(sink, n)| format!("{sink}={n}"))
+        .collect();
+    tracing::info!(
+        records_in = summary.records_in,
+        delivered = %out.join(" "),
+        dead_letters = summary.dead_letters,
+        clean = summary.clean,
+        owner_id = %summary.owner_id,
+        owned = %summary.units_in("owned").join(","),
+        other = %summary.units_in("other").join(","),
+        waiting = %summary.units_in("waiting").join(","),
+        unowned = %summary.units_in("unowned").join(","),
+        "stopped"
+    );
+    match (summary.ended, summary.clean) {
+        (Ended::GaveUp, _) => {
+            eprintln!(
+                "error: --max-wait ran out; not read to the end: {}",
+                summary.unread().join(", ")
+            );
+            ExitCode::from(3)
+        }
+        (_, false) => {
+            eprintln!(
+                "error: the shutdown could not deliver and checkpoint everything in time; it is read again on the next start"
+            );
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
+    }
 }
 
 fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
@@ -158,8 +199,10 @@ fn init_logs(format: LogFormat) {
     let filter = EnvFilter::try_from_env("DEFENDER_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info,azure_messaging_eventhubs=warn,azure_core_amqp=warn,fe2o3_amqp=warn"));
+    // Colours only on a terminal: logs in files and journals stay plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),

@@ -1,5 +1,6 @@
 //! Wires a [`Config`] into running sources, routers, sinks and trackers, and shuts them down in
-//! the order that keeps the invariant: stop reading, deliver what was read, checkpoint it, exit.
+//! the order that keeps the invariant: stop reading, deliver what was read, checkpoint it,
+//! release what is leased, exit.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,40 +8,46 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use azure_messaging_eventhubs::CheckpointStore;
-use defender_eventhub::blob::BlobClient;
-use defender_eventhub::checkpoint::{BlobCheckpointStore, FileCheckpointStore};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, Config};
-use crate::deadletter::{DeadLetters, create_private_dir};
-use crate::error_chain;
-use crate::metrics::Metrics;
-use crate::route::Route;
+use crate::checkpoints::Store;
+use crate::config::Config;
+use crate::deadletter::DeadLetters;
+use crate::instance::{Instance, InstanceError};
+use crate::metrics::families::{IN_FLIGHT_BYTES, LEASES, RECORDS_IN, RECORDS_OUT};
+use crate::metrics::{Metrics, Readiness};
+use crate::router::{RouterShared, SinkPort};
 use crate::sink::{self, SinkContext};
-use crate::source::{self, RouterShared, SinkPort};
-
-/// Message bytes in flight (read, not yet delivered everywhere) when the configuration says nothing.
-pub const DEFAULT_IN_FLIGHT_MIB: u64 = 8;
+use crate::source::{SourceContext, SourceStatus, UnitState, UnitStatus};
+use crate::table_filter::TableFilter;
 
 /// How the forwarder runs besides its configuration.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Exit once nothing new arrived for this long and everything read is delivered.
+    /// Exit once nothing new arrived for this long, every partition (or container) is read to
+    /// its end here or read by a live other instance, and everything read is delivered.
     pub exit_when_idle: Option<Duration>,
+    /// With `exit_when_idle`: give up (and say what is unread) after this long.
+    pub max_wait: Option<Duration>,
     /// Serve `/metrics`, `/healthz`, `/readyz` here.
     pub metrics_addr: Option<SocketAddr>,
     /// Cancel to shut down (SIGINT/SIGTERM in the binary).
     pub stop: CancellationToken,
     /// Use these metrics (to watch progress from outside); a fresh registry when `None`.
     pub metrics: Option<Arc<Metrics>>,
+    /// Where this instance's lock and identity live (default: the state directory). A backfill
+    /// keeps its own, beside a live forwarder on the same state directory.
+    pub instance_dir: Option<PathBuf>,
 }
 
 /// Failures that stop the forwarder.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwarderError {
+    /// Another process holds the state directory, or it cannot be used.
+    #[error("state directory: {0}")]
+    Instance(#[from] InstanceError),
     /// A directory or file could not be created.
     #[error("{what} {path}: {source}")]
     Io {
@@ -73,8 +80,19 @@ pub enum ForwarderError {
     },
 }
 
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Stopped from outside (a signal, the caller's token).
+    Stopped,
+    /// `exit_when_idle`: everything is read, here or by live other instances.
+    CaughtUp,
+    /// `max_wait` ran out before that.
+    GaveUp,
+}
+
 /// What a run did.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Summary {
     /// Records read.
     pub records_in: u64,
@@ -82,8 +100,151 @@ pub struct Summary {
     pub records_out: Vec<(String, u64)>,
     /// Dead letters written.
     pub dead_letters: u64,
-    /// Whether the shutdown finished within its deadline.
+    /// Whether the shutdown delivered and checkpointed everything within its deadline.
     pub clean: bool,
+    /// Why it ended.
+    pub ended: Ended,
+    /// Every leased thing of every source as it stood when reading stopped: `(source, unit)`.
+    pub units: Vec<(String, UnitStatus)>,
+    /// The instance's identity.
+    pub owner_id: String,
+}
+
+impl Summary {
+    /// Whether the run did what was asked: a stop or a catch-up, delivered and checkpointed.
+    pub fn success(&self) -> bool {
+        self.clean && self.ended != Ended::GaveUp
+    }
+
+    /// The units in one state label (`owned`, `other`, `waiting`, `unowned`, `unavailable`).
+    pub fn units_in(&self, label: &str) -> Vec<String> {
+        self.units
+            .iter()
+            .filter(|(_, u)| u.state.label() == label)
+            .map(|(s, u)| format!("{s}:{}", u.id))
+            .collect()
+    }
+
+    /// The units not read to their end (by this instance or a live other one).
+    pub fn unread(&self) -> Vec<String> {
+        self.units
+            .iter()
+            .filter(|(_, u)| !u.state.is_done())
+            .map(|(s, u)| format!("{s}:{}", u.id))
+            .collect()
+    }
+}
+
+/// Runs the forwarder until `options.stop` is cancelled (or it is caught up, with `exit_when_idle`).
+pub async fn run(config: Config, options: RunOptions) -> Result<Summary, ForwarderError> {
+    let instance = Instance::claim(options.instance_dir.as_deref().unwrap_or(&config.state_dir))?;
+    let dead_letters = DeadLetters::open(&config.state_dir).map_err(|source| ForwarderError::Io {
+        what: "cannot create the dead-letter directory",
+        path: config.state_dir.join("dead-letters"),
+        source,
+    })?;
+    let metrics = options.metrics.clone().unwrap_or_default();
+    serve_metrics(&options, &metrics).await?;
+    let store = Arc::new(
+        config
+            .checkpoints
+            .open(&config.state_dir)
+            .await
+            .map_err(ForwarderError::Store)?,
+    );
+    let budget = Budget::new(config.forwarder.max_in_flight_mib);
+    let sinks = start_sinks(&config, &dead_letters, &metrics, budget.bytes(), instance.owner_id()).await?;
+    let shared = RouterShared {
+        sinks: sinks.ports.clone(),
+        memory: budget.permits.clone(),
+        memory_kib: budget.kib,
+        dead_letters: dead_letters.clone(),
+        metrics: metrics.clone(),
+        check_records: config.forwarder.check_records,
+        last_activity: Arc::new(AtomicU64::new(0)),
+        started: Instant::now(),
+        unsaved: Arc::new(AtomicU64::new(0)),
+    };
+    let read_stop = CancellationToken::new();
+    let sources = start_sources(&config, &store, &shared, &instance, &read_stop).await?;
+    metrics.set_readiness(readiness(&sources));
+    metrics.set_ready(true);
+    let ended = wait(&options, &sources, &budget, &shared).await;
+    metrics.set_ready(false);
+    // Where each partition stood: asked for read-to-the-end only when that decides the exit.
+    let units = if options.exit_when_idle.is_some() {
+        sources.probe().await
+    } else {
+        sources.units()
+    };
+    tracing::info!("shutting down: delivering and checkpointing what was read");
+    read_stop.cancel();
+    let unsaved = shared.unsaved.clone();
+    drop(shared);
+    let clean =
+        shut_down(sources, sinks, config.forwarder.shutdown_timeout).await && unsaved.load(Ordering::Relaxed) == 0;
+    Ok(Summary {
+        records_in: metrics.counter(&RECORDS_IN, &[]),
+        records_out: config
+            .sinks
+            .iter()
+            .map(|s| {
+                (
+                    s.name().to_owned(),
+                    metrics.counter(&RECORDS_OUT, &[("sink", s.name())]),
+                )
+            })
+            .collect(),
+        dead_letters: dead_letters.written(),
+        clean,
+        ended,
+        units,
+        owner_id: instance.owner_id().to_owned(),
+    })
+}
+
+async fn serve_metrics(options: &RunOptions, metrics: &Arc<Metrics>) -> Result<(), ForwarderError> {
+    let Some(addr) = options.metrics_addr else {
+        return Ok(());
+    };
+    let bound = crate::metrics::serve(metrics.clone(), addr, options.stop.child_token())
+        .await
+        .map_err(|source| ForwarderError::Io {
+            what: "cannot serve metrics on",
+            path: PathBuf::from(addr.to_string()),
+            source,
+        })?;
+    tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
+    Ok(())
+}
+
+/// The in-flight budget: KiB of message bodies read and not yet delivered everywhere.
+struct Budget {
+    permits: Arc<Semaphore>,
+    kib: u32,
+}
+
+impl Budget {
+    fn new(mib: u64) -> Budget {
+        let kib = u32::try_from(mib.max(1).saturating_mul(1024)).unwrap_or(u32::MAX >> 4);
+        Budget {
+            permits: Arc::new(Semaphore::new(kib as usize)),
+            kib,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.kib as usize * 1024
+    }
+
+    /// Everything read is delivered (every ticket completed).
+    fn is_free(&self) -> bool {
+        self.permits.available_permits() == self.kib as usize
+    }
+
+    fn in_use_bytes(&self) -> usize {
+        (self.kib as usize - self.permits.available_permits()) * 1024
+    }
 }
 
 /// The running sinks.
@@ -92,305 +253,213 @@ pub(crate) struct Sinks {
     pub(crate) tasks: Vec<(Arc<str>, JoinHandle<()>)>,
 }
 
-pub(crate) fn start_sinks(
+impl Sinks {
+    /// Closes every sink's channel and waits for each to deliver what it holds.
+    pub(crate) async fn finish(self) {
+        drop(self.ports);
+        for (_, t) in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+pub(crate) async fn start_sinks(
     config: &Config,
     dead_letters: &DeadLetters,
     metrics: &Arc<Metrics>,
-    in_flight: usize,
+    in_flight_bytes: usize,
+    owner_id: &str,
 ) -> Result<Sinks, ForwarderError> {
-    let mut ports = Vec::new();
-    let mut tasks = Vec::new();
+    let mut sinks = Sinks {
+        ports: Vec::new(),
+        tasks: Vec::new(),
+    };
     for s in &config.sinks {
         let name: Arc<str> = Arc::from(s.name());
-        let ctx = SinkContext {
+        let cx = SinkContext {
             name: name.clone(),
             dead_letters: dead_letters.clone(),
             metrics: metrics.clone(),
+            in_flight_bytes,
+            state_dir: config.state_dir.clone(),
+            owner_id: owner_id.to_owned(),
         };
-        let (tx, rx) = mpsc::channel(sink::QUEUE);
-        let err = |message: String| ForwarderError::Sink {
+        let sink = s.build(&cx).await.map_err(|message| ForwarderError::Sink {
             sink: name.to_string(),
             message,
-        };
-        let task = match s {
-            config::Sink::Sekoia(c) => {
-                let mut opts = sink::sekoia::options(c).map_err(err)?;
-                // Requests that fit the budget a few times over keep every slot busy.
-                if c.batch_bytes.is_none() {
-                    opts.batch_bytes = opts.batch_bytes.min((in_flight / 4).max(256 * 1024));
-                }
-                tokio::spawn(sink::sekoia::run(ctx, opts, rx))
-            }
-            config::Sink::Files(c) => {
-                let (archive, opts) = sink::files::open(c, in_flight).map_err(err)?;
-                tokio::spawn(sink::files::run(ctx, archive, opts, rx))
-            }
-            config::Sink::Stdout(_) => tokio::spawn(sink::stdout::run(ctx, rx)),
-        };
-        ports.push(SinkPort {
-            name: name.clone(),
-            route: Route::from_config(s.tables()),
+        })?;
+        let (tx, rx) = mpsc::channel(sink::QUEUE);
+        sinks.tasks.push((name.clone(), tokio::spawn(sink.run(rx))));
+        sinks.ports.push(SinkPort {
+            name,
+            filter: TableFilter::new(s.tables()),
             tx,
         });
-        tasks.push((name, task));
     }
-    Ok(Sinks { ports, tasks })
+    Ok(sinks)
 }
 
-pub(crate) async fn open_store(
-    config: &Config,
-    state_dir: &std::path::Path,
-) -> Result<Arc<dyn CheckpointStore>, ForwarderError> {
-    if config.checkpoints.kind.as_deref() == Some("blob") {
-        {
-            let cs = config.checkpoints.connection_string.as_ref().expect("checked");
-            let container = config.checkpoints.container.as_deref().expect("checked");
-            let client = BlobClient::from_connection_string(cs.0.expose(), container)
-                .map_err(|e| ForwarderError::Store(e.to_string()))?;
-            // A lacking permission to create is fine when the container exists; the store says so if not.
-            if let Err(e) = client.create_container().await {
-                tracing::warn!(container, error = %e, "could not create the checkpoint container");
-            }
-            Ok(Arc::new(BlobCheckpointStore::new(client)))
+/// A running source: its name, task and status.
+type Running = (Arc<str>, JoinHandle<()>, Arc<dyn SourceStatus>);
+
+/// The running sources.
+struct Sources {
+    running: Vec<Running>,
+}
+
+impl Sources {
+    fn units(&self) -> Vec<(String, UnitStatus)> {
+        units(&self.statuses())
+    }
+
+    async fn probe(&self) -> Vec<(String, UnitStatus)> {
+        let mut out = Vec::new();
+        for (name, _, status) in &self.running {
+            out.extend(status.probe().await.into_iter().map(|u| (name.to_string(), u)));
         }
-    } else {
-        {
-            let dir = config
-                .checkpoints
-                .dir
-                .as_ref()
-                .map_or_else(|| state_dir.join("checkpoints"), |d| PathBuf::from(&d.0));
-            let store = FileCheckpointStore::open(&dir).map_err(|e| ForwarderError::Store(e.to_string()))?;
-            Ok(Arc::new(store))
-        }
+        out
+    }
+
+    fn statuses(&self) -> Vec<(Arc<str>, Arc<dyn SourceStatus>)> {
+        self.running.iter().map(|(n, _, s)| (n.clone(), s.clone())).collect()
     }
 }
 
-/// Runs the forwarder until `options.stop` is cancelled (or it is idle, with `exit_when_idle`).
-pub async fn run(config: Config, options: RunOptions) -> Result<Summary, ForwarderError> {
-    let started = Instant::now();
-    let state_dir = PathBuf::from(&config.state_dir.0);
-    create_private_dir(&state_dir).map_err(|source| ForwarderError::Io {
-        what: "cannot create the state directory",
-        path: state_dir.clone(),
-        source,
-    })?;
-    let dead_letters = DeadLetters::open(&state_dir).map_err(|source| ForwarderError::Io {
-        what: "cannot create the dead-letter directory",
-        path: state_dir.join("dead-letters"),
-        source,
-    })?;
-    let metrics = options.metrics.clone().unwrap_or_default();
-    let stop = options.stop.clone();
-    if let Some(addr) = options.metrics_addr {
-        let bound = crate::metrics::serve(metrics.clone(), addr, stop.child_token())
-            .await
-            .map_err(|source| ForwarderError::Io {
-                what: "cannot serve metrics on",
-                path: PathBuf::from(addr.to_string()),
-                source,
-            })?;
-        tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
-    }
-    let store = open_store(&config, &state_dir).await?;
-    let t = &config.forwarder;
-    let in_flight_mib = t.max_in_flight_mib.map_or(DEFAULT_IN_FLIGHT_MIB, |n| n.0).max(1);
-    let memory_kib = u32::try_from(in_flight_mib.saturating_mul(1024)).unwrap_or(u32::MAX >> 4);
-    let sinks = start_sinks(&config, &dead_letters, &metrics, memory_kib as usize * 1024)?;
-    let checkpoint_interval = t.checkpoint_interval.map_or(Duration::from_secs(1), |s| s.0);
-    let shutdown_timeout = t.shutdown_timeout.map_or(Duration::from_secs(30), |s| s.0);
-    let last_activity = Arc::new(AtomicU64::new(0));
-    let memory = Arc::new(Semaphore::new(memory_kib as usize));
-    let shared = RouterShared {
-        sinks: sinks.ports.clone(),
-        memory: memory.clone(),
-        memory_kib,
-        dead_letters: dead_letters.clone(),
-        metrics: metrics.clone(),
-        check_records: t.check_records.is_some_and(|f| f.0),
-        last_activity: last_activity.clone(),
-        started,
-    };
-
-    let read_stop = CancellationToken::new();
-    let mut hubs = Vec::new();
-    for s in &config.sources {
-        let name: Arc<str> = Arc::from(s.name());
-        let source_error = |message: String| ForwarderError::Source {
-            source_name: name.to_string(),
-            message,
-        };
-        match s {
-            config::Source::Storage(c) => {
-                let settings = source::storage::settings(c).map_err(source_error)?;
-                let running = source::storage::start(
-                    name.clone(),
-                    settings,
-                    store.clone(),
-                    shared.clone(),
-                    checkpoint_interval,
-                    read_stop.clone(),
-                )
-                .await
-                .map_err(source_error)?;
-                hubs.push(running.task);
-            }
-            config::Source::Eventhub(c) => {
-                let rc = source::eventhub::reader_config(c).map_err(source_error)?;
-                let Some(names) = c.hub_names() else {
-                    let running = source::eventhub::start(
-                        name.clone(),
-                        rc,
-                        store.clone(),
-                        shared.clone(),
-                        checkpoint_interval,
-                        read_stop.clone(),
-                    )
-                    .await
-                    .map_err(|e| source_error(error_chain(&e)))?;
-                    hubs.push(running.task);
-                    continue;
-                };
-                // Several hubs: each reads on its own; one that is missing is retried on a slow
-                // timer without holding the others back. Only all of them missing is an error.
-                let retry = c.missing_hub_retry.map_or(Duration::from_secs(60), |s| s.0);
-                let mut missing = Vec::new();
-                let mut first_error = None;
-                for hub in &names {
-                    let mut rc = rc.clone();
-                    rc.hub = Some(hub.clone());
-                    match source::eventhub::start(
-                        name.clone(),
-                        rc.clone(),
-                        store.clone(),
-                        shared.clone(),
-                        checkpoint_interval,
-                        read_stop.clone(),
-                    )
-                    .await
-                    {
-                        Ok(running) => hubs.push(running.task),
-                        Err(e) => {
-                            let message = error_chain(&e);
-                            tracing::warn!(source = %name, hub = %hub, error = %message, retry_in = ?retry, "hub unavailable; the others go on, it is tried again");
-                            metrics.set("defender_source_up", &[("source", &name), ("hub", hub)], 0.0);
-                            first_error.get_or_insert(message);
-                            missing.push(rc);
-                        }
-                    }
-                }
-                if missing.len() == names.len() {
-                    return Err(source_error(format!(
-                        "none of its {} hubs can be read; the first: {}",
-                        names.len(),
-                        first_error.unwrap_or_default()
-                    )));
-                }
-                for rc in missing {
-                    hubs.push(tokio::spawn(retry_hub(
-                        name.clone(),
-                        rc,
-                        store.clone(),
-                        shared.clone(),
-                        checkpoint_interval,
-                        read_stop.clone(),
-                        retry,
-                    )));
-                }
-            }
-        }
-    }
-    drop(shared);
-    metrics.set_ready(true);
-
-    // Wait for a stop, or for idleness.
-    let idle_check = Duration::from_millis(200);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => break,
-            () = tokio::time::sleep(idle_check) => {
-                if let Some(idle) = options.exit_when_idle {
-                    let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
-                    let quiet = started.elapsed().saturating_sub(last);
-                    // Caught up: nothing new for `idle`, and nothing read is still undelivered.
-                    if quiet >= idle && memory.available_permits() == memory_kib as usize {
-                        tracing::info!(idle = ?idle, "nothing new arrived; exiting");
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    metrics.set_ready(false);
-    tracing::info!("shutting down: delivering and checkpointing what was read");
-    read_stop.cancel();
-    let Sinks { ports, tasks } = sinks;
-    drop(ports);
-    let drain = async {
-        for h in hubs {
-            let _ = h.await;
-        }
-        for (_, t) in tasks {
-            let _ = t.await;
-        }
-    };
-    let clean = if tokio::time::timeout(shutdown_timeout, drain).await.is_ok() {
-        true
-    } else {
-        tracing::warn!(timeout = ?shutdown_timeout, "shutdown deadline passed; what was not delivered is read again on the next start");
-        false
-    };
-    let records_out = config
-        .sinks
+fn units(statuses: &[(Arc<str>, Arc<dyn SourceStatus>)]) -> Vec<(String, UnitStatus)> {
+    statuses
         .iter()
-        .map(|s| {
-            (
-                s.name().to_owned(),
-                metrics.counter("defender_records_out_total", &[("sink", s.name())]),
-            )
-        })
-        .collect();
-    Ok(Summary {
-        records_in: metrics.counter("defender_records_in_total", &[]),
-        records_out,
-        dead_letters: dead_letters.written(),
-        clean,
+        .flat_map(|(name, s)| s.units().into_iter().map(|u| (name.to_string(), u)))
+        .collect()
+}
+
+/// `/readyz`: ready while every leased thing of every source has an owner that reads it.
+fn readiness(sources: &Sources) -> Readiness {
+    let statuses = sources.statuses();
+    Arc::new(move || {
+        let ownerless: Vec<String> = units(&statuses)
+            .iter()
+            .filter(|(_, u)| !u.state.has_reader())
+            .map(|(s, u)| describe(s, u))
+            .collect();
+        if ownerless.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("no live owner for {}", ownerless.join(", ")))
+        }
     })
 }
 
-/// Tries a hub that could not be opened again every `every`, until it opens (then reads it) or
-/// the forwarder stops.
-async fn retry_hub(
-    name: Arc<str>,
-    rc: defender_eventhub::ReaderConfig,
-    store: Arc<dyn CheckpointStore>,
-    shared: RouterShared,
-    checkpoint_interval: Duration,
-    stop: CancellationToken,
-    every: Duration,
-) {
-    let hub = rc.hub.clone().unwrap_or_default();
+async fn start_sources(
+    config: &Config,
+    store: &Arc<Store>,
+    shared: &RouterShared,
+    instance: &Instance,
+    stop: &CancellationToken,
+) -> Result<Sources, ForwarderError> {
+    let mut running = Vec::new();
+    for s in &config.sources {
+        let name: Arc<str> = Arc::from(s.name());
+        let cx = SourceContext {
+            name: name.clone(),
+            store: store.clone(),
+            router: shared.clone(),
+            checkpoint_interval: config.forwarder.checkpoint_interval,
+            owner_id: instance.owner_id().to_owned(),
+            stop: stop.clone(),
+        };
+        let source = s.start(cx).await.map_err(|message| ForwarderError::Source {
+            source_name: name.to_string(),
+            message,
+        })?;
+        running.push((name, source.task, source.status));
+    }
+    tracing::info!(owner_id = %instance.owner_id(), sources = running.len(), "forwarder running");
+    Ok(Sources { running })
+}
+
+/// Waits for a stop, for being caught up (with `exit_when_idle`), or for `max_wait`; keeps the
+/// lease gauges and `/readyz` current meanwhile.
+async fn wait(options: &RunOptions, sources: &Sources, budget: &Budget, shared: &RouterShared) -> Ended {
+    let deadline = options.max_wait.map(|d| Instant::now() + d);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut reported = Vec::new();
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
+            () = options.stop.cancelled() => return Ended::Stopped,
+            _ = tick.tick() => {}
         }
-        match source::eventhub::start(
-            name.clone(),
-            rc.clone(),
-            store.clone(),
-            shared.clone(),
-            checkpoint_interval,
-            stop.clone(),
-        )
-        .await
-        {
-            Ok(running) => {
-                tracing::info!(source = %name, hub = %hub, "hub available now");
-                let _ = running.task.await;
-                return;
+        publish(&sources.units(), budget, &shared.metrics);
+        if let Some(idle) = options.exit_when_idle {
+            let last = Duration::from_millis(shared.last_activity.load(Ordering::Relaxed));
+            let quiet = shared.started.elapsed().saturating_sub(last);
+            if quiet >= idle && budget.is_free() {
+                let units = sources.probe().await;
+                let unread: Vec<&(String, UnitStatus)> = units.iter().filter(|(_, u)| !u.state.is_done()).collect();
+                if unread.is_empty() {
+                    tracing::info!(idle = ?idle, "caught up: every partition is read to its end, here or by a live instance; exiting");
+                    return Ended::CaughtUp;
+                }
+                let ids: Vec<String> = unread.iter().map(|(s, u)| describe(s, u)).collect();
+                if ids != reported {
+                    tracing::info!(unread = %ids.join(", "), "quiet, but not caught up; waiting");
+                    reported = ids;
+                }
             }
-            Err(e) => tracing::debug!(source = %name, hub = %hub, error = %error_chain(&e), "hub still unavailable"),
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                let units = sources.probe().await;
+                let unread: Vec<String> = units
+                    .iter()
+                    .filter(|(_, u)| !u.state.is_done())
+                    .map(|(s, u)| describe(s, u))
+                    .collect();
+                tracing::error!(unread = %unread.join(", "), "--max-wait ran out before everything was read");
+                return Ended::GaveUp;
+            }
         }
+    }
+}
+
+fn describe(source: &str, u: &UnitStatus) -> String {
+    match &u.state {
+        UnitState::Elsewhere { owner, expires, .. } => {
+            format!("{source}:{} (held by silent owner {owner} until {expires})", u.id)
+        }
+        UnitState::Unowned => format!("{source}:{} (no owner yet)", u.id),
+        UnitState::Reading { .. } => format!("{source}:{} (reading)", u.id),
+        UnitState::Unavailable { why } => format!("{source}:{} ({why})", u.id),
+    }
+}
+
+/// Lease gauges per source and state, and in-flight bytes.
+fn publish(units: &[(String, UnitStatus)], budget: &Budget, metrics: &Metrics) {
+    let mut counts: std::collections::BTreeMap<(&str, &str), u64> = std::collections::BTreeMap::new();
+    for (source, u) in units {
+        for label in ["owned", "other", "waiting", "unowned", "unavailable"] {
+            counts.entry((source, label)).or_default();
+        }
+        *counts.entry((source, u.state.label())).or_default() += 1;
+    }
+    for ((source, label), n) in counts {
+        #[allow(clippy::cast_precision_loss)]
+        metrics.set(&LEASES, [source, label], n as f64);
+    }
+    #[allow(clippy::cast_precision_loss)]
+    metrics.set(&IN_FLIGHT_BYTES, [], budget.in_use_bytes() as f64);
+}
+
+/// Stops reading, lets every source deliver, checkpoint and release, then lets every sink finish.
+/// Returns whether that happened within `timeout`.
+async fn shut_down(sources: Sources, sinks: Sinks, timeout: Duration) -> bool {
+    let drain = async {
+        for (_, task, _) in sources.running {
+            let _ = task.await;
+        }
+        sinks.finish().await;
+    };
+    if tokio::time::timeout(timeout, drain).await.is_ok() {
+        true
+    } else {
+        tracing::warn!(timeout = ?timeout, "shutdown deadline passed; what was not delivered is read again on the next start");
+        false
     }
 }

@@ -106,22 +106,27 @@ impl<P: Send + 'static> TrackerHandle<P> {
     }
 }
 
-struct Entry<P> {
+struct Pending<P> {
     position: P,
     done: Option<bool>,
 }
 
 #[derive(Default)]
 struct Stream<P> {
-    pending: BTreeMap<u64, Entry<P>>,
+    pending: BTreeMap<u64, Pending<P>>,
     /// Highest contiguous delivered position not yet committed.
     to_commit: Option<P>,
     blocked: bool,
 }
 
 /// Starts a tracker that commits at most every `interval` per stream, and once more when every
-/// handle and ticket is gone. Await the returned task for that final commit.
-pub fn spawn<C: Committer>(committer: C, interval: Duration) -> (TrackerHandle<C::Position>, JoinHandle<()>) {
+/// handle and ticket is gone (retried a few times). Await the returned task for that final
+/// commit; streams it could not checkpoint are added to `unsaved`.
+pub fn spawn<C: Committer>(
+    committer: C,
+    interval: Duration,
+    unsaved: Arc<AtomicU64>,
+) -> (TrackerHandle<C::Position>, JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let handle = TrackerHandle {
@@ -139,6 +144,7 @@ pub fn spawn<C: Committer>(committer: C, interval: Duration) -> (TrackerHandle<C
         done_rx,
         handle.names.clone(),
         handle.stats.clone(),
+        unsaved,
     ));
     (handle, task)
 }
@@ -150,6 +156,7 @@ async fn run<C: Committer>(
     mut done: mpsc::UnboundedReceiver<Completion>,
     names: Arc<Mutex<Vec<Arc<str>>>>,
     stats: Arc<TrackerStats>,
+    unsaved: Arc<AtomicU64>,
 ) {
     let mut streams: Vec<Stream<C::Position>> = Vec::new();
     let mut tick = tokio::time::interval(interval);
@@ -181,7 +188,21 @@ async fn run<C: Committer>(
     while let Ok(msg) = rx.try_recv() {
         apply(&mut streams, msg, &stats);
     }
-    commit_all(&committer, &mut streams, &names, &stats).await;
+    // The last word: a store that hiccups now would cost a re-read of everything since the last
+    // checkpoint, so try a few times.
+    for attempt in 0..5u32 {
+        commit_all(&committer, &mut streams, &names, &stats).await;
+        if streams.iter().all(|s| s.to_commit.is_none()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+    }
+    let left = streams.iter().filter(|s| s.to_commit.is_some()).count();
+    tracing::error!(
+        streams = left,
+        "final checkpoints could not be written; what they cover is read again on the next start"
+    );
+    unsaved.fetch_add(left as u64, Ordering::Relaxed);
 }
 
 fn apply<P>(streams: &mut Vec<Stream<P>>, msg: Msg<P>, stats: &TrackerStats) {
@@ -198,7 +219,7 @@ fn apply<P>(streams: &mut Vec<Stream<P>>, msg: Msg<P>, stats: &TrackerStats) {
                     blocked: false,
                 });
             }
-            streams[stream].pending.insert(ticket, Entry { position, done: None });
+            streams[stream].pending.insert(ticket, Pending { position, done: None });
         }
         Msg::Done(c) => {
             stats.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -276,7 +297,7 @@ mod tests {
     #[tokio::test]
     async fn out_of_order_acks_commit_the_highest_contiguous_position() {
         let log = Log::default();
-        let (h, task) = spawn(log.clone(), Duration::from_millis(10));
+        let (h, task) = spawn(log.clone(), Duration::from_millis(10), Arc::default());
         let a1 = h.register("p0", 1, None);
         let a2 = h.register("p0", 2, None);
         let a3 = h.register("p0", 3, None);
@@ -297,7 +318,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_ticket_holds_its_stream_back_for_good() {
         let log = Log::default();
-        let (h, task) = spawn(log.clone(), Duration::from_millis(10));
+        let (h, task) = spawn(log.clone(), Duration::from_millis(10), Arc::default());
         let a1 = h.register("p0", 1, None);
         let a2 = h.register("p0", 2, None);
         let a3 = h.register("p0", 3, None);
@@ -312,7 +333,7 @@ mod tests {
     #[tokio::test]
     async fn the_final_commit_waits_for_every_ticket() {
         let log = Log::default();
-        let (h, task) = spawn(log.clone(), Duration::from_secs(3600));
+        let (h, task) = spawn(log.clone(), Duration::from_secs(3600), Arc::default());
         let a1 = h.register("p0", 1, None);
         drop(h);
         let late = tokio::spawn(async move {

@@ -403,30 +403,11 @@ impl Shared {
             jsons: Vec<&'a serde_json::value::RawValue>,
         }
 
-        let gzip = match head.encoding.as_deref() {
-            None | Some("identity") => false,
-            Some("gzip" | "x-gzip") => true,
-            Some(_) => return Response::error(415, "unsupported Content-Encoding"),
+        let decoded = match decode(head, body) {
+            Ok(d) => d,
+            Err(response) => return response,
         };
-        let decoded;
-        let body = if gzip {
-            let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(MAX_BODY_BYTES + 1));
-            let limit = u64::try_from(MAX_BODY_BYTES + 1).unwrap_or(u64::MAX);
-            if flate2::read::GzDecoder::new(body)
-                .take(limit)
-                .read_to_end(&mut out)
-                .is_err()
-            {
-                return Response::error(400, "body is not valid gzip");
-            }
-            decoded = out;
-            &decoded[..]
-        } else {
-            body
-        };
-        if body.len() > MAX_BODY_BYTES {
-            return Response::error(413, "request body too large");
-        }
+        let body: &[u8] = decoded.as_deref().unwrap_or(body);
         let batch: Batch<'_> = match serde_json::from_slice(body) {
             Ok(batch) => batch,
             Err(e) => return Response::error(400, &format!("invalid batch: {e}")),
@@ -444,7 +425,6 @@ impl Shared {
             Some(key) if key != self.key => return Response::error(401, "invalid intake key"),
             Some(_) => {}
         }
-
         let first = self.next_id.fetch_add(batch.jsons.len() as u64, SeqCst);
         let mut out = String::with_capacity(16 + 39 * batch.jsons.len());
         out.push_str("{\"event_ids\":[");
@@ -480,7 +460,7 @@ impl Shared {
         }
         self.event_count.fetch_add(accepted.len(), SeqCst);
         self.requests.fetch_add(1, SeqCst);
-        if gzip {
+        if decoded.is_some() {
             self.gzip_requests.fetch_add(1, SeqCst);
         }
         self.notify.notify_waiters();
@@ -715,4 +695,32 @@ fn push_hex(out: &mut String, v: u64, digits: u32) {
         let d = u32::try_from((v >> (4 * i)) & 0xf).expect("one hex digit");
         out.push(char::from_digit(d, 16).expect("below 16"));
     }
+}
+
+/// The request body, gunzipped when it says so (`None`: as it came); an error answer when it
+/// cannot be read or is too large.
+fn decode(head: &Head, body: &[u8]) -> Result<Option<Vec<u8>>, Response> {
+    let gzip = match head.encoding.as_deref() {
+        None | Some("identity") => false,
+        Some("gzip" | "x-gzip") => true,
+        Some(_) => return Err(Response::error(415, "unsupported Content-Encoding")),
+    };
+    let decoded = if gzip {
+        let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(MAX_BODY_BYTES + 1));
+        let limit = u64::try_from(MAX_BODY_BYTES + 1).unwrap_or(u64::MAX);
+        if flate2::read::GzDecoder::new(body)
+            .take(limit)
+            .read_to_end(&mut out)
+            .is_err()
+        {
+            return Err(Response::error(400, "body is not valid gzip"));
+        }
+        Some(out)
+    } else {
+        None
+    };
+    if decoded.as_ref().map_or(body.len(), Vec::len) > MAX_BODY_BYTES {
+        return Err(Response::error(413, "request body too large"));
+    }
+    Ok(decoded)
 }

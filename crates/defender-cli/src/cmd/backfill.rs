@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
-use defender_forwarder::config::{Checkpoints, Config, Source, Span, Text};
+use defender_forwarder::checkpoints::{CheckpointsConfig, FileStoreConfig};
+use defender_forwarder::config::Config;
 use defender_forwarder::metrics::Metrics;
+use defender_forwarder::metrics::families::{BYTES_IN, RECORDS_IN, RECORDS_OUT};
 use defender_forwarder::pipeline::{self, RunOptions};
+use defender_forwarder::source::{Backfill, SourceConfig};
 use defender_schema::Table;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -20,7 +23,7 @@ pub struct Args {
     /// The forwarder's configuration: its `storage` source and its sinks.
     #[arg(long, short)]
     pub config: PathBuf,
-    /// Which storage source (its `name`), when the configuration has several.
+    /// Which source (its `name`), when the configuration has several that can read a past range.
     #[arg(long, value_name = "NAME")]
     pub source: Option<String>,
     /// Start of the range (RFC 3339); hour blobs from the one holding it.
@@ -52,35 +55,18 @@ pub fn run(args: &Args) -> Result<()> {
     if to <= from {
         bail!("--to ({to}) must come after --from ({from})");
     }
-    for t in &args.tables {
-        if Table::from_name(t).is_none() {
-            bail!("--table {t}: not a known table (see `defender tables`)");
-        }
-    }
-    let mut config = Config::load(&args.config)?;
-    let names: Vec<String> = config
-        .sources
+    let tables = args
+        .tables
         .iter()
-        .filter(|s| matches!(s, Source::Storage(_)))
-        .map(|s| s.name().to_owned())
-        .collect();
-    let chosen = match (&args.source, names.as_slice()) {
-        (Some(n), _) if names.contains(n) => n.clone(),
-        (Some(n), _) => bail!(
-            "--source {n}: no storage source of that name in {}",
-            args.config.display()
-        ),
-        (None, [one]) => one.clone(),
-        (None, []) => bail!(
-            "{} has no `kind = \"storage\"` source to backfill from",
-            args.config.display()
-        ),
-        (None, _) => bail!(
-            "{} has several storage sources ({}); pick one with --source",
-            args.config.display(),
-            names.join(", ")
-        ),
+        .map(|t| Table::from_name(t).with_context(|| format!("--table {t}: not a known table (see `defender tables`)")))
+        .collect::<Result<Vec<_>>>()?;
+    let mut config = Config::load(&args.config)?;
+    let range = Backfill {
+        from,
+        to,
+        tables: (!tables.is_empty()).then_some(tables),
     };
+    let (name, source) = choose_source(&config, args, &range)?;
     for s in &args.sinks {
         if !config.sinks.iter().any(|c| c.name() == s) {
             bail!("--sink {s}: no sink of that name in {}", args.config.display());
@@ -89,32 +75,48 @@ pub fn run(args: &Args) -> Result<()> {
     if !args.sinks.is_empty() {
         config.sinks.retain(|c| args.sinks.iter().any(|s| s == c.name()));
     }
-    config.sources.retain(|s| s.name() == chosen);
-    let Some(Source::Storage(source)) = config.sources.first_mut() else {
-        unreachable!("chosen among the storage sources")
-    };
+    config.sources = vec![source];
     let stamp = |t: DateTime<Utc>| t.format("%Y%m%dT%H%M%SZ").to_string();
-    source.start = Some(Text(from.to_rfc3339()));
-    source.until = Some(Text(to.to_rfc3339()));
-    source.poll_interval = Some(Span(Duration::from_secs(1)));
-    let mut key = format!("{chosen}-{}-{}", stamp(from), stamp(to));
+    let mut key = format!("{name}-{}-{}", stamp(from), stamp(to));
     if !args.tables.is_empty() {
-        source.tables = Some(args.tables.iter().map(|t| Text(t.clone())).collect());
         key.push('-');
         key.push_str(&args.tables.join("+").to_lowercase());
     }
-    let dir = PathBuf::from(&config.state_dir.0).join("backfills").join(&key);
-    config.checkpoints = Checkpoints {
-        kind: Some(Text("file".to_owned())),
-        dir: Some(Text(dir.display().to_string())),
-        connection_string: None,
-        container: None,
-    };
+    // Its own checkpoints and identity, so a backfill runs beside the live forwarder, never moves
+    // its checkpoints, and a rerun resumes.
+    let dir = config.state_dir.join("backfills").join(&key);
+    config.checkpoints = CheckpointsConfig::File(FileStoreConfig {
+        dir: Some(dir.display().to_string()),
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(backfill(config, &dir))
+}
+
+/// The configured source to backfill from, bounded to the range.
+fn choose_source(config: &Config, args: &Args, range: &Backfill) -> Result<(String, Box<dyn SourceConfig>)> {
+    let able: Vec<(String, Box<dyn SourceConfig>)> = config
+        .sources
+        .iter()
+        .filter_map(|s| s.backfill(range).map(|b| (s.name().to_owned(), b)))
+        .collect();
+    let names = able.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
+    let file = args.config.display();
+    match (&args.source, able.len()) {
+        (Some(n), _) => {
+            if !config.sources.iter().any(|s| s.name() == n) {
+                bail!("--source {n}: no source of that name in {file}");
+            }
+            able.into_iter().find(|(name, _)| name == n).with_context(|| {
+                format!("--source {n}: this kind of source cannot read a past range (those that can: {names})")
+            })
+        }
+        (None, 1) => Ok(able.into_iter().next().expect("one")),
+        (None, 0) => bail!("{file} has no source that can read a past range (`kind = \"storage\"`)"),
+        (None, _) => bail!("{file} has several sources that can read a past range ({names}); pick one with --source"),
+    }
 }
 
 async fn backfill(config: Config, dir: &std::path::Path) -> Result<()> {
@@ -123,15 +125,16 @@ async fn backfill(config: Config, dir: &std::path::Path) -> Result<()> {
     let options = RunOptions {
         exit_when_idle: Some(Duration::from_secs(3)),
         metrics: Some(metrics.clone()),
+        instance_dir: Some(dir.to_owned()),
         ..RunOptions::default()
     };
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("the template is valid"));
     let run = tokio::spawn(pipeline::run(config, options));
     while !run.is_finished() {
-        let read = metrics.counter("defender_records_in_total", &[]);
-        let bytes = metrics.counter("defender_bytes_in_total", &[]);
-        let done = metrics.counter("defender_records_out_total", &[]);
+        let read = metrics.counter(&RECORDS_IN, &[]);
+        let bytes = metrics.counter(&BYTES_IN, &[]);
+        let done = metrics.counter(&RECORDS_OUT, &[]);
         bar.set_message(format!(
             "{} blob bytes read, {read} records, {done} delivered",
             indicatif::HumanBytes(bytes)
@@ -141,8 +144,11 @@ async fn backfill(config: Config, dir: &std::path::Path) -> Result<()> {
     }
     bar.finish_and_clear();
     let summary = run.await.context("the backfill task failed")??;
+    if !summary.success() {
+        bail!("the backfill did not finish: {}", summary.unread().join(", "));
+    }
     let secs = started.elapsed().as_secs_f64();
-    let bytes = metrics.counter("defender_bytes_in_total", &[]);
+    let bytes = metrics.counter(&BYTES_IN, &[]);
     #[allow(clippy::cast_precision_loss)]
     let rate = summary.records_in as f64 / secs.max(0.001);
     println!(

@@ -23,7 +23,7 @@ fn state_dir(config: Option<&Path>, state_dir: Option<&Path>) -> Result<PathBuf>
         (_, Some(d)) => Ok(d.to_owned()),
         (Some(c), None) => {
             let config = Config::load(c)?;
-            Ok(PathBuf::from(&config.state_dir.0))
+            Ok(config.state_dir)
         }
         (None, None) => bail!("give --config FILE (its state_dir) or --state-dir DIR"),
     }

@@ -9,9 +9,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use defender_emulator::{Emulator, EmulatorConfig, HubConfig};
+use defender_eventhub::Secret;
 use defender_forwarder::config::Config;
 use defender_forwarder::metrics::Metrics;
-use defender_forwarder::pipeline::{self, RunOptions};
+use defender_forwarder::metrics::families::{DEAD_LETTERS, RECORDS_OUT};
+use defender_forwarder::pipeline::{self, RunOptions, Summary};
+use defender_forwarder::sink::files::FilesConfig;
+use defender_forwarder::source::eventhub::EventHubConfig;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub struct Args {
@@ -105,40 +109,37 @@ async fn demo(args: &Args, fixtures: &Path) -> Result<()> {
         fixtures.display(),
         loaded.messages
     );
-
     let dir = std::path::absolute(&args.dir).unwrap_or_else(|_| args.dir.clone());
-    let archive = dir.join("archive");
-    let state = dir.join("state");
-    let text = format!(
-        r#"
-state_dir = "{state}"
+    let config = demo_config(&dir, emulator.connection_string(hub));
+    let summary = forward(config, loaded.records).await?;
+    emulator.shutdown().await;
+    report(&dir, &summary, loaded.records, started)
+}
 
-[forwarder]
-checkpoint_interval = "100ms"
+/// The forwarder's configuration for the demo: the emulator's hub into a local archive, built in
+/// code as any program embedding the forwarder would.
+fn demo_config(dir: &Path, connection_string: String) -> Config {
+    let mut config = Config::new(dir.join("state"));
+    config.forwarder.checkpoint_interval = Duration::from_millis(100);
+    let mut source = EventHubConfig::new(Secret::new(connection_string));
+    source.name = Some("demo".to_owned());
+    config.sources.push(Box::new(source));
+    let mut archive = FilesConfig::new(dir.join("archive").display().to_string());
+    archive.flush_interval = Duration::from_millis(100);
+    config.sinks.push(Box::new(archive));
+    config
+}
 
-[[sources]]
-kind = "eventhub"
-name = "demo"
-connection_string = "{cs}"
-start = "earliest"
-
-[[sinks]]
-kind = "files"
-dir = "{archive}"
-flush_interval = "100ms"
-"#,
-        state = toml_path(&state),
-        archive = toml_path(&archive),
-        cs = emulator.connection_string(hub),
-    );
-    let config = Config::parse(&text).context("the demo configuration is invalid")?;
+/// Runs the pipeline until it is caught up, with a progress bar.
+async fn forward(config: Config, records: u64) -> Result<Summary> {
+    config.check().context("the demo configuration is invalid")?;
     let metrics = Arc::new(Metrics::default());
     let options = RunOptions {
         exit_when_idle: Some(Duration::from_millis(800)),
         metrics: Some(metrics.clone()),
         ..RunOptions::default()
     };
-    let bar = ProgressBar::with_draw_target(Some(loaded.records), ProgressDrawTarget::stderr());
+    let bar = ProgressBar::with_draw_target(Some(records), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template("forwarding [{bar:30}] {pos}/{len} records")
             .expect("the template is valid")
@@ -146,9 +147,8 @@ flush_interval = "100ms"
     );
     let run = tokio::spawn(pipeline::run(config, options));
     while !run.is_finished() {
-        let done =
-            metrics.counter("defender_records_out_total", &[]) + metrics.counter("defender_dead_letters_total", &[]);
-        bar.set_position(done.min(loaded.records));
+        let done = metrics.counter(&RECORDS_OUT, &[]) + metrics.counter(&DEAD_LETTERS, &[]);
+        bar.set_position(done.min(records));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bar.finish_and_clear();
@@ -156,8 +156,16 @@ flush_interval = "100ms"
         .await
         .context("the forwarder task failed")?
         .context("the forwarder failed")?;
-    emulator.shutdown().await;
+    if !summary.success() {
+        bail!("the forwarder did not finish cleanly");
+    }
+    Ok(summary)
+}
 
+/// Prints what landed where, read back from the archive itself.
+fn report(dir: &Path, summary: &Summary, loaded: u64, started: Instant) -> Result<()> {
+    let archive = dir.join("archive");
+    let state = dir.join("state");
     let counts = count_archive(&archive)?;
     let total: u64 = counts.values().map(|(r, _)| r).sum();
     println!(
@@ -189,20 +197,13 @@ flush_interval = "100ms"
     } else {
         println!("dead letters: none");
     }
-    if total + summary.dead_letters != loaded.records {
+    if total + summary.dead_letters != loaded {
         bail!(
-            "{} records were loaded but {} archived and {} dead-lettered",
-            loaded.records,
-            total,
+            "{loaded} records were loaded but {total} archived and {} dead-lettered",
             summary.dead_letters
         );
     }
     Ok(())
-}
-
-/// A path as a TOML basic string (backslashes and quotes escaped).
-fn toml_path(p: &Path) -> String {
-    p.display().to_string().replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 /// Records and segments per table, read back from the archive itself.

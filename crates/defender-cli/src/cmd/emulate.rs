@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use defender_emulator::{Emulator, EmulatorConfig, HubConfig};
-use defender_forwarder::config::DEFAULT_HUB_PREFIX;
+use defender_forwarder::source::eventhub::DEFAULT_HUB_PREFIX;
 use defender_schema::Table;
 
 use crate::input;

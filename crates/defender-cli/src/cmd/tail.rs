@@ -139,7 +139,7 @@ struct Printer<W: Write> {
 impl<W: Write> Printer<W> {
     /// Prints the records of a batch that pass the filter, up to the count, then flushes.
     fn batch(&mut self, batch: &Batch) -> io::Result<()> {
-        for event in &batch.events {
+        for event in &batch.messages {
             let at = format!(
                 "partition {} event {}",
                 batch.partition.partition_id, event.sequence_number

@@ -17,6 +17,8 @@ const SAMPLE_CAP: usize = 20;
 #[derive(Debug, Default, Serialize)]
 pub struct Summary {
     pub files: usize,
+    /// Files found in folders but not read for their extension.
+    pub skipped_files: Vec<String>,
     pub records: u64,
     pub valid: u64,
     pub invalid: u64,
@@ -142,10 +144,13 @@ pub struct Args {
 /// Runs the command; `Ok(false)` when something was invalid (exit 1).
 pub fn run(args: &Args) -> Result<bool> {
     input::require_some(&args.paths)?;
-    let sources = input::expand(&args.paths)?;
+    let (sources, skipped) = input::expand_listing(&args.paths)?;
     let total: u64 = sources.iter().map(input::size).sum();
     let bar = progress::bytes(total, "validating");
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        skipped_files: skipped.iter().map(|p| p.display().to_string()).collect(),
+        ..Summary::default()
+    };
     for source in &sources {
         let data = input::read(source)?;
         summary.files += 1;
@@ -232,5 +237,32 @@ pub fn render(s: &Summary) -> String {
         "\n{} records in {} files: {} valid, {} invalid",
         s.records, s.files, s.valid, s.invalid
     );
+    render_skipped(&mut out, &s.skipped_files);
     out
+}
+
+/// Files a folder held that were not read: counted, the first few named, and how to read them.
+fn render_skipped(out: &mut String, skipped: &[String]) {
+    const SHOWN: usize = 10;
+    if skipped.is_empty() {
+        return;
+    }
+    let n = skipped.len();
+    let _ = writeln!(
+        out,
+        "{n} {} skipped: in folders only {} files are read (also .gz / .zst):",
+        if n == 1 { "file" } else { "files" },
+        input::data_extensions()
+    );
+    for f in skipped.iter().take(SHOWN) {
+        let _ = writeln!(out, "  {f}");
+    }
+    if skipped.len() > SHOWN {
+        let _ = writeln!(out, "  ... and {} more", skipped.len() - SHOWN);
+    }
+    let example = skipped.first().map_or("FILE", String::as_str);
+    let _ = writeln!(
+        out,
+        "to read them anyway, name them: defender validate {example} ... (a file named on the command line is read whatever its name)"
+    );
 }

@@ -136,6 +136,54 @@ impl From<SasToken> for StorageCredential {
     }
 }
 
+fn invalid_connection(message: &str) -> BlobError {
+    BlobError::invalid_input("connection string", "", message.to_owned())
+}
+
+/// The keys of a connection string we understand, as given.
+#[derive(Default)]
+struct ConnectionFields {
+    protocol: Option<String>,
+    account: Option<String>,
+    key: Option<String>,
+    suffix: Option<String>,
+    blob_endpoint: Option<String>,
+    sas: Option<String>,
+    development: bool,
+}
+
+impl ConnectionFields {
+    /// Keys are case-insensitive; unknown ones are ignored.
+    fn read(text: &str) -> Result<Self, BlobError> {
+        let mut f = ConnectionFields::default();
+        for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((name, value)) = part.split_once('=') else {
+                // Could be a pasted secret: do not echo it.
+                return Err(invalid_connection("a part is not of the form Key=Value"));
+            };
+            let value = value.trim();
+            match name.trim().to_ascii_lowercase().as_str() {
+                "defaultendpointsprotocol" => f.protocol = Some(value.to_ascii_lowercase()),
+                "accountname" => f.account = Some(value.to_owned()),
+                "accountkey" => f.key = Some(value.to_owned()),
+                "endpointsuffix" => f.suffix = Some(value.to_owned()),
+                "blobendpoint" => f.blob_endpoint = Some(value.to_owned()),
+                "sharedaccesssignature" => f.sas = Some(value.to_owned()),
+                "usedevelopmentstorage" if value.eq_ignore_ascii_case("true") => f.development = true,
+                "usedevelopmentstorage" if value.eq_ignore_ascii_case("false") => {}
+                "usedevelopmentstorage" => {
+                    return Err(invalid_connection("UseDevelopmentStorage must be true or false"));
+                }
+                "developmentstorageproxyuri" => {
+                    return Err(invalid_connection("DevelopmentStorageProxyUri is not supported"));
+                }
+                _ => {}
+            }
+        }
+        Ok(f)
+    }
+}
+
 /// A parsed Azure Storage connection string.
 ///
 /// Understands `DefaultEndpointsProtocol`, `AccountName`, `AccountKey`, `EndpointSuffix`, `BlobEndpoint`,
@@ -150,84 +198,46 @@ pub struct StorageConnectionString {
 impl StorageConnectionString {
     /// Parses a connection string. Errors name the offending key, never a value.
     pub fn parse(text: &str) -> Result<Self, BlobError> {
-        let invalid = |message: String| BlobError::invalid_input("connection string", "", message);
-
-        let mut protocol = None;
-        let mut account = None;
-        let mut key = None;
-        let mut suffix = None;
-        let mut blob_endpoint = None;
-        let mut sas = None;
-        let mut development = false;
-        for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-            let Some((name, value)) = part.split_once('=') else {
-                // Could be a pasted secret: do not echo it.
-                return Err(invalid("a part is not of the form Key=Value".to_owned()));
-            };
-            let value = value.trim();
-            match name.trim().to_ascii_lowercase().as_str() {
-                "defaultendpointsprotocol" => protocol = Some(value.to_ascii_lowercase()),
-                "accountname" => account = Some(value.to_owned()),
-                "accountkey" => key = Some(value.to_owned()),
-                "endpointsuffix" => suffix = Some(value.to_owned()),
-                "blobendpoint" => blob_endpoint = Some(value.to_owned()),
-                "sharedaccesssignature" => sas = Some(value.to_owned()),
-                "usedevelopmentstorage" => {
-                    if value.eq_ignore_ascii_case("true") {
-                        development = true;
-                    } else if !value.eq_ignore_ascii_case("false") {
-                        return Err(invalid("UseDevelopmentStorage must be true or false".to_owned()));
-                    }
-                }
-                "developmentstorageproxyuri" => {
-                    return Err(invalid("DevelopmentStorageProxyUri is not supported".to_owned()));
-                }
-                _ => {}
-            }
-        }
-
-        if development {
-            let endpoint = blob_endpoint.unwrap_or_else(|| format!("http://127.0.0.1:10000/{DEVELOPMENT_ACCOUNT}"));
+        let f = ConnectionFields::read(text)?;
+        if f.development {
+            let endpoint = f
+                .blob_endpoint
+                .unwrap_or_else(|| format!("http://127.0.0.1:10000/{DEVELOPMENT_ACCOUNT}"));
             return Ok(Self {
                 blob_endpoint: parse_endpoint(&endpoint)?,
                 credential: StorageCredential::SharedKey(SharedKeyCredential::development()),
             });
         }
-
-        let blob_endpoint = if let Some(endpoint) = blob_endpoint {
+        let blob_endpoint = if let Some(endpoint) = f.blob_endpoint {
             endpoint
         } else {
-            let Some(account) = &account else {
-                return Err(invalid("neither BlobEndpoint nor AccountName is set".to_owned()));
+            let Some(account) = &f.account else {
+                return Err(invalid_connection("neither BlobEndpoint nor AccountName is set"));
             };
-            let protocol = protocol.as_deref().unwrap_or("https");
+            let protocol = f.protocol.as_deref().unwrap_or("https");
             if protocol != "https" && protocol != "http" {
-                return Err(invalid("DefaultEndpointsProtocol must be https or http".to_owned()));
+                return Err(invalid_connection("DefaultEndpointsProtocol must be https or http"));
             }
-            let suffix = suffix.as_deref().unwrap_or("core.windows.net");
+            let suffix = f.suffix.as_deref().unwrap_or("core.windows.net");
             format!("{protocol}://{account}.blob.{suffix}")
         };
-        let blob_endpoint = parse_endpoint(&blob_endpoint)?;
-
-        let credential = match (key, sas) {
-            (Some(_), Some(_)) => {
-                return Err(invalid("both AccountKey and SharedAccessSignature are set".to_owned()));
-            }
+        let credential = match (f.key, f.sas) {
+            (Some(_), Some(_)) => return Err(invalid_connection("both AccountKey and SharedAccessSignature are set")),
             (Some(key), None) => {
-                let Some(account) = account else {
-                    return Err(invalid("AccountKey needs AccountName".to_owned()));
+                let Some(account) = f.account else {
+                    return Err(invalid_connection("AccountKey needs AccountName"));
                 };
                 StorageCredential::shared_key(account, &key)?
             }
             (None, Some(sas)) => StorageCredential::sas(sas)?,
             (None, None) => {
-                return Err(invalid(
-                    "neither AccountKey nor SharedAccessSignature is set".to_owned(),
+                return Err(invalid_connection(
+                    "neither AccountKey nor SharedAccessSignature is set",
                 ));
             }
         };
         Ok(Self {
-            blob_endpoint,
+            blob_endpoint: parse_endpoint(&blob_endpoint)?,
             credential,
         })
     }

@@ -561,62 +561,9 @@ impl BlobClient {
         let inner = &*self.inner;
         let target = request.target(&inner.container);
         let operation = request.operation;
-
-        let mut path = inner.container_url.path().trim_end_matches('/').to_owned();
-        if let Some(blob) = request.blob {
-            if blob.is_empty() {
-                return Err(BlobError::invalid_input(operation, blob, "the blob name is empty"));
-            }
-            path.push('/');
-            path.push_str(&signing::encode_blob_path(blob));
-        }
-        let mut query: String = request
-            .query
-            .iter()
-            .map(|(name, value)| format!("{name}={}", signing::percent_encode(value, false)))
-            .collect::<Vec<_>>()
-            .join("&");
-        if let StorageCredential::Sas(sas) = &inner.credential {
-            if !query.is_empty() {
-                query.push('&');
-            }
-            query.push_str(sas.query());
-        }
-        let mut url = inner.container_url.clone();
-        url.set_path(&path);
-        url.set_query((!query.is_empty()).then_some(query.as_str()));
-        // `Url` may normalise the path; sign exactly what goes on the wire.
-        let encoded_path = url.path().to_owned();
-
-        let mut headers = request.headers;
-        headers.insert("x-ms-version", HeaderValue::from_static(API_VERSION));
-        let date = DateTime::<Utc>::from(std::time::SystemTime::now())
-            .format("%a, %d %b %Y %H:%M:%S GMT")
-            .to_string();
-        headers.insert(
-            "x-ms-date",
-            HeaderValue::from_str(&date).expect("an HTTP date is ASCII"),
-        );
-        if let StorageCredential::SharedKey(key) = &inner.credential {
-            let to_sign = signing::string_to_sign(
-                request.method.as_str(),
-                &headers,
-                request.body.len(),
-                key.account(),
-                &encoded_path,
-                &request.query,
-            );
-            let signature = signing::sign(key.key(), &to_sign);
-            let value = HeaderValue::from_str(&format!("SharedKey {}:{signature}", key.account()))
-                .map_err(|_| BlobError::invalid_input(operation, &target, "the account name is not ASCII"))?;
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-        }
-
+        let url = self.url_of(&request)?;
+        let headers = self.headers_of(&request, url.path(), &target)?;
         tracing::trace!(operation, target = %target, method = %request.method, "blob request");
-        if request.method == Method::PUT || !request.body.is_empty() {
-            // hyper sends no Content-Length for an empty body, but Put Blob requires one.
-            headers.insert(reqwest::header::CONTENT_LENGTH, HeaderValue::from(request.body.len()));
-        }
         let mut builder = inner.http.request(request.method.clone(), url).headers(headers);
         if !request.body.is_empty() {
             builder = builder.body(request.body);
@@ -637,6 +584,72 @@ impl BlobClient {
         };
         tracing::debug!(operation, target = %target, status = status.as_u16(), code = ?code, "blob request failed");
         Err(BlobError::status(operation, &target, status.as_u16(), code, message))
+    }
+
+    /// The request's URL: the container's, the blob's encoded path, the query (and the SAS).
+    fn url_of(&self, request: &Request<'_>) -> Result<Url, BlobError> {
+        let inner = &*self.inner;
+        let mut path = inner.container_url.path().trim_end_matches('/').to_owned();
+        if let Some(blob) = request.blob {
+            if blob.is_empty() {
+                return Err(BlobError::invalid_input(
+                    request.operation,
+                    blob,
+                    "the blob name is empty",
+                ));
+            }
+            path.push('/');
+            path.push_str(&signing::encode_blob_path(blob));
+        }
+        let mut query: String = request
+            .query
+            .iter()
+            .map(|(name, value)| format!("{name}={}", signing::percent_encode(value, false)))
+            .collect::<Vec<_>>()
+            .join("&");
+        if let StorageCredential::Sas(sas) = &inner.credential {
+            if !query.is_empty() {
+                query.push('&');
+            }
+            query.push_str(sas.query());
+        }
+        let mut url = inner.container_url.clone();
+        url.set_path(&path);
+        url.set_query((!query.is_empty()).then_some(query.as_str()));
+        Ok(url)
+    }
+
+    /// The request's headers with version, date, length and (Shared Key) the signature over
+    /// `encoded_path`, exactly as it goes on the wire (`Url` may normalise the path).
+    fn headers_of(&self, request: &Request<'_>, encoded_path: &str, target: &str) -> Result<HeaderMap, BlobError> {
+        let mut headers = request.headers.clone();
+        headers.insert("x-ms-version", HeaderValue::from_static(API_VERSION));
+        let date = DateTime::<Utc>::from(std::time::SystemTime::now())
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string();
+        headers.insert(
+            "x-ms-date",
+            HeaderValue::from_str(&date).expect("an HTTP date is ASCII"),
+        );
+        if let StorageCredential::SharedKey(key) = &self.inner.credential {
+            let to_sign = signing::string_to_sign(
+                request.method.as_str(),
+                &headers,
+                request.body.len(),
+                key.account(),
+                encoded_path,
+                &request.query,
+            );
+            let signature = signing::sign(key.key(), &to_sign);
+            let value = HeaderValue::from_str(&format!("SharedKey {}:{signature}", key.account()))
+                .map_err(|_| BlobError::invalid_input(request.operation, target, "the account name is not ASCII"))?;
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        if request.method == Method::PUT || !request.body.is_empty() {
+            // hyper sends no Content-Length for an empty body, but Put Blob requires one.
+            headers.insert(reqwest::header::CONTENT_LENGTH, HeaderValue::from(request.body.len()));
+        }
+        Ok(headers)
     }
 }
 

@@ -25,114 +25,129 @@ pub(crate) struct RawListPage {
 /// references in text are resolved (quick-xml reports them as separate events).
 pub(crate) fn parse_list_blobs(xml: &str) -> Result<RawListPage, String> {
     let mut reader = Reader::from_str(xml);
-    let mut page = RawListPage::default();
-    // The element path from the root, by local name.
-    let mut path: Vec<String> = Vec::new();
-    let mut text = String::new();
-    let mut current: Option<RawBlob> = None;
-    let mut name_encoded = false;
-
+    let mut list = ListParser::default();
     loop {
         let event = reader
             .read_event()
             .map_err(|e| format!("bad XML at byte {}: {e}", reader.error_position()))?;
         match event {
-            Event::Start(start) => {
-                let name = String::from_utf8_lossy(start.local_name().as_ref()).into_owned();
-                text.clear();
-                if name == "Blob" && path_is(&path, &["EnumerationResults", "Blobs"]) {
-                    current = Some(RawBlob::default());
-                }
-                if name == "Name" && current.is_some() && path.len() == 3 {
-                    name_encoded = start
-                        .try_get_attribute("Encoded")
-                        .ok()
-                        .flatten()
-                        .and_then(|a| {
-                            a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                                .ok()
-                                .map(|v| v.eq_ignore_ascii_case("true"))
-                        })
-                        .unwrap_or(false);
-                }
-                path.push(name);
-            }
-            Event::Empty(empty) => {
-                // `<NextMarker />`, `<Metadata />`, `<ownerid />` (an empty value) ...
-                let name = String::from_utf8_lossy(empty.local_name().as_ref()).into_owned();
-                if let Some(blob) = current.as_mut() {
-                    match path.last().map(String::as_str) {
-                        Some("Metadata") if path.len() == 4 => {
-                            blob.metadata.insert(name, String::new());
-                        }
-                        Some("Properties") if path.len() == 4 => {
-                            blob.properties.insert(name, String::new());
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            Event::Text(t) => {
-                let content = t.xml10_content().map_err(|e| format!("bad text in XML: {e}"))?;
-                text.push_str(&content);
-            }
-            Event::CData(c) => {
-                let content = c.xml10_content().map_err(|e| format!("bad CDATA in XML: {e}"))?;
-                text.push_str(&content);
-            }
-            Event::GeneralRef(r) => {
-                if let Some(c) = r
-                    .resolve_char_ref()
-                    .map_err(|e| format!("bad character reference: {e}"))?
-                {
-                    text.push(c);
-                } else {
-                    let entity = r.decode().map_err(|e| format!("bad entity: {e}"))?;
-                    let resolved = quick_xml::escape::resolve_predefined_entity(&entity)
-                        .ok_or_else(|| format!("unknown entity &{entity};"))?;
-                    text.push_str(resolved);
-                }
-            }
-            Event::End(_) => {
-                let Some(name) = path.pop() else {
-                    return Err("unbalanced XML".to_owned());
-                };
-                let depth = path.len();
-                match (current.as_mut(), depth) {
-                    (Some(blob), 3) if name == "Name" => {
-                        blob.name = if name_encoded {
-                            percent_decode(&text)
-                        } else {
-                            std::mem::take(&mut text)
-                        };
-                    }
-                    (Some(blob), 4) if path.last().is_some_and(|p| p == "Properties") => {
-                        blob.properties.insert(name, std::mem::take(&mut text));
-                    }
-                    (Some(blob), 4) if path.last().is_some_and(|p| p == "Metadata") => {
-                        blob.metadata.insert(name, std::mem::take(&mut text));
-                    }
-                    (Some(_), 2) if name == "Blob" => {
-                        page.blobs.extend(current.take());
-                    }
-                    (_, 1) if name == "NextMarker" => {
-                        let marker = std::mem::take(&mut text);
-                        if !marker.is_empty() {
-                            page.next_marker = Some(marker);
-                        }
-                    }
-                    _ => {}
-                }
-                text.clear();
-            }
+            Event::Start(start) => list.start(&start),
+            Event::Empty(empty) => list.empty(&String::from_utf8_lossy(empty.local_name().as_ref())),
+            Event::Text(t) => list
+                .text
+                .push_str(&t.xml10_content().map_err(|e| format!("bad text in XML: {e}"))?),
+            Event::CData(c) => list
+                .text
+                .push_str(&c.xml10_content().map_err(|e| format!("bad CDATA in XML: {e}"))?),
+            Event::GeneralRef(r) => resolve_reference(&r, &mut list.text)?,
+            Event::End(_) => list.end()?,
             Event::Eof => break,
             Event::Comment(_) | Event::Decl(_) | Event::PI(_) | Event::DocType(_) => {}
         }
     }
-    if !path.is_empty() {
+    if !list.path.is_empty() {
         return Err("truncated XML".to_owned());
     }
-    Ok(page)
+    Ok(list.page)
+}
+
+/// Where the parse of a listing is.
+#[derive(Default)]
+struct ListParser {
+    page: RawListPage,
+    /// The element path from the root, by local name.
+    path: Vec<String>,
+    text: String,
+    current: Option<RawBlob>,
+    name_encoded: bool,
+}
+
+impl ListParser {
+    fn start(&mut self, start: &quick_xml::events::BytesStart<'_>) {
+        let name = String::from_utf8_lossy(start.local_name().as_ref()).into_owned();
+        self.text.clear();
+        if name == "Blob" && path_is(&self.path, &["EnumerationResults", "Blobs"]) {
+            self.current = Some(RawBlob::default());
+        }
+        if name == "Name" && self.current.is_some() && self.path.len() == 3 {
+            self.name_encoded = start
+                .try_get_attribute("Encoded")
+                .ok()
+                .flatten()
+                .and_then(|a| {
+                    a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                        .ok()
+                        .map(|v| v.eq_ignore_ascii_case("true"))
+                })
+                .unwrap_or(false);
+        }
+        self.path.push(name);
+    }
+
+    /// `<NextMarker />`, `<Metadata />`, `<ownerid />` (an empty value) ...
+    fn empty(&mut self, name: &str) {
+        let Some(blob) = self.current.as_mut() else { return };
+        match self.path.last().map(String::as_str) {
+            Some("Metadata") if self.path.len() == 4 => {
+                blob.metadata.insert(name.to_owned(), String::new());
+            }
+            Some("Properties") if self.path.len() == 4 => {
+                blob.properties.insert(name.to_owned(), String::new());
+            }
+            _ => {}
+        }
+    }
+
+    fn end(&mut self) -> Result<(), String> {
+        let Some(name) = self.path.pop() else {
+            return Err("unbalanced XML".to_owned());
+        };
+        let depth = self.path.len();
+        let parent = self.path.last().map(String::as_str);
+        match (self.current.as_mut(), depth) {
+            (Some(blob), 3) if name == "Name" => {
+                blob.name = if self.name_encoded {
+                    percent_decode(&self.text)
+                } else {
+                    std::mem::take(&mut self.text)
+                };
+            }
+            (Some(blob), 4) if parent == Some("Properties") => {
+                blob.properties.insert(name, std::mem::take(&mut self.text));
+            }
+            (Some(blob), 4) if parent == Some("Metadata") => {
+                blob.metadata.insert(name, std::mem::take(&mut self.text));
+            }
+            (Some(_), 2) if name == "Blob" => {
+                self.page.blobs.extend(self.current.take());
+            }
+            (_, 1) if name == "NextMarker" => {
+                let marker = std::mem::take(&mut self.text);
+                if !marker.is_empty() {
+                    self.page.next_marker = Some(marker);
+                }
+            }
+            _ => {}
+        }
+        self.text.clear();
+        Ok(())
+    }
+}
+
+/// Appends what a character or predefined entity reference stands for.
+fn resolve_reference(r: &quick_xml::events::BytesRef<'_>, text: &mut String) -> Result<(), String> {
+    if let Some(c) = r
+        .resolve_char_ref()
+        .map_err(|e| format!("bad character reference: {e}"))?
+    {
+        text.push(c);
+        return Ok(());
+    }
+    let entity = r.decode().map_err(|e| format!("bad entity: {e}"))?;
+    let resolved =
+        quick_xml::escape::resolve_predefined_entity(&entity).ok_or_else(|| format!("unknown entity &{entity};"))?;
+    text.push_str(resolved);
+    Ok(())
 }
 
 fn path_is(path: &[String], expected: &[&str]) -> bool {

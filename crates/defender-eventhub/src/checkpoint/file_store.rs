@@ -17,6 +17,7 @@ use super::{
 };
 
 const LOCK_FILE: &str = ".lock";
+const OWNERS_DIR: &str = "owners";
 const RECORD_SUFFIX: &str = ".json";
 const TMP_SUFFIX: &str = ".tmp";
 
@@ -35,9 +36,44 @@ const TMP_SUFFIX: &str = ".tmp";
 /// runs under an exclusive lock on `{dir}/.lock` (`File::lock`, i.e. `flock` / `LockFileEx`), so
 /// conditional claims are atomic across processes. Reads take no lock. Do not put the directory on a
 /// network file system.
+///
+/// Owners that are provably gone: a process that claims as an owner holds
+/// [`FileCheckpointStore::hold_owner`]'s lock on `{dir}/owners/{owner id}.lock` while it runs. The
+/// operating system releases that lock when the process dies, however it dies, so
+/// [`list_ownerships`](CheckpointStore::list_ownerships) lists the records of an owner whose lock
+/// is free as expired, and another instance takes them over at once instead of after the expiry.
+/// Owners that never took the lock are listed as stored.
 #[derive(Debug, Clone)]
 pub struct FileCheckpointStore {
     root: PathBuf,
+}
+
+/// Keeps an owner alive in a [`FileCheckpointStore`] until dropped (or the process dies).
+#[derive(Debug)]
+pub struct OwnerLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl OwnerLock {
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn owner_lock_path(root: &Path, owner: &str) -> PathBuf {
+    root.join(OWNERS_DIR).join(format!("{}.lock", escape_component(owner)))
+}
+
+/// Whether `owner` took its lock once and no process holds it now. Checked with a shared lock,
+/// which fails while the owner holds its exclusive one.
+#[allow(clippy::incompatible_msrv)] // `File::try_lock_shared` is std since 1.89.
+fn owner_is_gone(root: &Path, owner: &str) -> bool {
+    let Ok(file) = File::open(owner_lock_path(root, owner)) else {
+        return false;
+    };
+    file.try_lock_shared().is_ok()
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -75,6 +111,23 @@ impl FileCheckpointStore {
     /// The store's directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Marks `owner_id` as alive for as long as the returned lock lives (see the type's docs).
+    /// Blocks only while another process checks the owner, which takes microseconds.
+    #[allow(clippy::incompatible_msrv)] // `File::lock` is std since 1.89.
+    pub fn hold_owner(&self, owner_id: &str) -> Result<OwnerLock, CheckpointStoreError> {
+        let path = owner_lock_path(&self.root, owner_to_store(Some(owner_id))?);
+        let dir = path.parent().expect("an owner lock has a parent");
+        fs::create_dir_all(dir).map_err(|e| CheckpointStoreError::io(dir, e))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| CheckpointStoreError::io(&path, e))?;
+        file.lock().map_err(|e| CheckpointStoreError::io(&path, e))?;
+        Ok(OwnerLock { _file: file, path })
     }
 
     async fn blocking<T, F>(&self, operation: F) -> StoreResult<T>
@@ -143,7 +196,18 @@ impl CheckpointStore for FileCheckpointStore {
             event_hub_name.to_owned(),
             consumer_group.to_owned(),
         );
-        let records = self.blocking(move |_| read_records::<OwnershipRecord>(&dir)).await?;
+        let records = self
+            .blocking(move |root| {
+                let mut records = read_records::<OwnershipRecord>(&dir)?;
+                for (_, record) in &mut records {
+                    // A gone owner's lease is over now, not at its expiry.
+                    if !record.owner_id.is_empty() && owner_is_gone(root, &record.owner_id) {
+                        record.last_modified = OffsetDateTime::UNIX_EPOCH;
+                    }
+                }
+                Ok(records)
+            })
+            .await?;
         Ok(records
             .into_iter()
             .map(|(partition_id, record)| Ownership {

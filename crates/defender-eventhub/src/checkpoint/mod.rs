@@ -19,6 +19,7 @@
 
 mod blob_store;
 mod file_store;
+mod memory_store;
 
 use std::path::PathBuf;
 
@@ -28,7 +29,8 @@ use azure_core::time::OffsetDateTime;
 use crate::blob::{BlobError, BlobErrorKind};
 
 pub use blob_store::BlobCheckpointStore;
-pub use file_store::FileCheckpointStore;
+pub use file_store::{FileCheckpointStore, OwnerLock};
+pub use memory_store::MemoryCheckpointStore;
 
 /// Why a checkpoint store call failed. Converted into [`azure_core::Error`] at the trait boundary
 /// (recover it with `azure_core::Error::downcast_ref`).

@@ -2,7 +2,6 @@
 //! instances through a checkpoint store, and checkpoints written only when the caller says
 //! everything up to a position is delivered.
 
-mod balance;
 mod partition;
 
 use std::collections::BTreeMap;
@@ -11,17 +10,15 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use azure_core::time::OffsetDateTime;
-use azure_messaging_eventhubs::models::{Checkpoint, Ownership};
+use async_trait::async_trait;
+use azure_messaging_eventhubs::models::Checkpoint;
 use azure_messaging_eventhubs::{CheckpointStore, ConsumerClient};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use balance::{Plan, plan};
-
-use crate::backoff::Backoff;
 use crate::connection::{Connection, ConnectionError, Target};
+use crate::lease::{Balancing, Grant, LeaseHandler, LeaseStatus, Leases, Scope};
 
 /// Where to start a partition that has no checkpoint yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,20 +31,17 @@ pub enum StartFrom {
     EnqueuedTime(SystemTime),
 }
 
-/// How instances share partitions.
-#[derive(Debug, Clone)]
-pub struct Balancing {
-    /// How often ownership is renewed and rebalanced.
-    pub update_interval: Duration,
-    /// An ownership not renewed for this long is free for others to take.
-    pub expiry: Duration,
-}
+impl std::str::FromStr for StartFrom {
+    type Err = String;
 
-impl Default for Balancing {
-    fn default() -> Self {
-        Self {
-            update_interval: Duration::from_secs(10),
-            expiry: Duration::from_secs(60),
+    /// `earliest`, `latest`, or an RFC 3339 time.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "earliest" => Ok(StartFrom::Earliest),
+            "latest" => Ok(StartFrom::Latest),
+            other => chrono::DateTime::parse_from_rfc3339(other)
+                .map(|t| StartFrom::EnqueuedTime(t.with_timezone(&chrono::Utc).into()))
+                .map_err(|_| format!("`{other}` is not `earliest`, `latest` or an RFC 3339 time")),
         }
     }
 }
@@ -70,7 +64,9 @@ pub struct ReaderConfig {
     pub hub_prefetch: Option<u32>,
     /// At most this many events per batch handed to the caller.
     pub max_batch_events: usize,
-    /// This instance's stable identity in ownership records.
+    /// This instance's identity in ownership records. Keep it stable across restarts (the
+    /// forwarder keeps one per state directory): a restarted instance then takes its own
+    /// partitions straight back instead of waiting for their expiry.
     pub owner_id: String,
     /// Ownership timing.
     pub balancing: Balancing,
@@ -90,16 +86,11 @@ impl ReaderConfig {
             prefetch: 1000,
             hub_prefetch: None,
             max_batch_events: 64,
-            owner_id: default_owner_id(),
+            owner_id: format!("reader-{:08x}", rand::random::<u32>()),
             balancing: Balancing::default(),
             stall_check: Duration::from_secs(30),
         }
     }
-}
-
-fn default_owner_id() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "defender".to_owned());
-    format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>())
 }
 
 /// Identifies a partition across hubs and consumer groups.
@@ -121,9 +112,10 @@ impl fmt::Display for PartitionKey {
     }
 }
 
-/// One event (an Event Hub message: for Defender, one `{"records": [...]}` body).
+/// One Event Hub message (the service calls it an event; for Defender, one
+/// `{"records": [...]}` body).
 #[derive(Debug, Clone)]
-pub struct Event {
+pub struct Message {
     /// The message body; `None` when the message had no data section (a bad message).
     pub body: Option<Vec<u8>>,
     /// Its sequence number in the partition.
@@ -141,14 +133,14 @@ pub struct Batch {
     pub partition: Arc<PartitionKey>,
     /// Which ownership of the partition read them; checkpoints from an older one are refused.
     pub generation: u64,
-    /// The events, in partition order.
-    pub events: Vec<Event>,
+    /// The messages, in partition order.
+    pub messages: Vec<Message>,
 }
 
 impl Batch {
-    /// The position of event `i`, to checkpoint once it (and everything before it) is delivered.
+    /// The position of message `i`, to checkpoint once it (and everything before it) is delivered.
     pub fn position(&self, i: usize) -> Position {
-        let e = &self.events[i];
+        let e = &self.messages[i];
         Position {
             partition: self.partition.clone(),
             generation: self.generation,
@@ -191,25 +183,42 @@ pub enum ReaderError {
     Store(#[source] azure_core::Error),
 }
 
-/// State shared by the reader, its ownership loop and its partition tasks.
+/// How far a held partition can be read, for telling whether a reader is caught up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionProgress {
+    /// The partition id.
+    pub partition_id: String,
+    /// The ownership it is read under.
+    pub generation: u64,
+    /// The sequence number reading started after (its checkpoint, or the hub's last event when
+    /// reading from `latest`); `None` when not known.
+    pub floor: Option<i64>,
+    /// The hub's last sequence number in the partition (`None`: empty, or not known now).
+    pub last_enqueued: Option<i64>,
+    /// Whether the hub answered: without an answer nothing can be said.
+    pub known: bool,
+}
+
+/// State shared by the reader, its lease handler and its partition tasks.
 struct Shared {
     config: ReaderConfig,
     target: Target,
     consumer: ConsumerClient,
     store: Option<Arc<dyn CheckpointStore>>,
+    leases: Option<Arc<Leases>>,
     out: mpsc::Sender<Batch>,
-    owned: Mutex<BTreeMap<String, Owned>>,
+    running: Mutex<BTreeMap<String, Running>>,
+    /// Generations without a store (every partition, read once).
     generation: AtomicU64,
     stop: CancellationToken,
     /// Per partition: `prefetch`, or the share of `hub_prefetch` once the partitions are known.
     prefetch: AtomicU32,
 }
 
-/// A partition this instance holds.
-struct Owned {
+/// A partition being read.
+struct Running {
     generation: u64,
-    ownership: Ownership,
-    renewed: SystemTime,
+    floor: Option<i64>,
     cancel: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -217,7 +226,9 @@ struct Owned {
 /// A running reader. Batches arrive on the channel given to [`Reader::start`].
 pub struct Reader {
     shared: Arc<Shared>,
-    control: Option<JoinHandle<()>>,
+    stop_taking: CancellationToken,
+    stop_leasing: CancellationToken,
+    leasing: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl fmt::Debug for Reader {
@@ -246,27 +257,59 @@ impl Reader {
                 hub: target.hub.clone(),
                 source,
             })?;
-        let config_prefetch = config.prefetch;
+        let partitions = partition_ids(&consumer, &target).await?;
+        let prefetch = match config.hub_prefetch {
+            Some(total) => (total / u32::try_from(partitions.len()).unwrap_or(u32::MAX).max(1)).max(2),
+            None => config.prefetch,
+        };
+        let leases = store.as_ref().map(|store| {
+            let scope = Scope {
+                namespace: target.namespace.clone(),
+                hub: target.hub.clone(),
+                consumer_group: config.consumer_group.clone(),
+            };
+            Leases::new(
+                store.clone(),
+                scope,
+                config.owner_id.clone(),
+                config.balancing.clone(),
+                partitions.clone(),
+                "partition",
+            )
+        });
         let shared = Arc::new(Shared {
             config,
             target,
             consumer,
             store,
+            leases,
             out,
-            owned: Mutex::new(BTreeMap::new()),
+            running: Mutex::new(BTreeMap::new()),
             generation: AtomicU64::new(0),
             stop: CancellationToken::new(),
-            prefetch: AtomicU32::new(config_prefetch),
+            prefetch: AtomicU32::new(prefetch),
         });
-        let partitions = shared.partition_ids().await?;
-        if let Some(total) = shared.config.hub_prefetch {
-            let n = u32::try_from(partitions.len()).unwrap_or(u32::MAX).max(1);
-            shared.prefetch.store((total / n).max(2), Ordering::Relaxed);
-        }
-        let control = tokio::spawn(control_loop(shared.clone(), partitions));
+        let stop_taking = CancellationToken::new();
+        let stop_leasing = CancellationToken::new();
+        let leasing = if let Some(leases) = &shared.leases {
+            let handler: Arc<dyn LeaseHandler> = Arc::new(PartitionHandler(shared.clone()));
+            Some(tokio::spawn(leases.clone().run(
+                handler,
+                stop_taking.clone(),
+                stop_leasing.clone(),
+            )))
+        } else {
+            for p in &partitions {
+                let generation = shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                shared.read(p, generation).await;
+            }
+            None
+        };
         Ok(Reader {
             shared,
-            control: Some(control),
+            stop_taking,
+            stop_leasing,
+            leasing: Mutex::new(leasing),
         })
     }
 
@@ -275,9 +318,48 @@ impl Reader {
         &self.shared.target
     }
 
+    /// The consumer group.
+    pub fn consumer_group(&self) -> &str {
+        &self.shared.config.consumer_group
+    }
+
     /// The partitions this instance reads now.
     pub fn owned_partitions(&self) -> Vec<String> {
-        self.shared.lock_owned().keys().cloned().collect()
+        lock(&self.shared.running).keys().cloned().collect()
+    }
+
+    /// Every partition and who holds it (empty without a store).
+    pub fn leases(&self) -> Vec<LeaseStatus> {
+        self.shared.leases.as_ref().map(|l| l.status()).unwrap_or_default()
+    }
+
+    /// How far each partition read now can be read, asking the hub (one call per partition).
+    pub async fn progress(&self) -> Vec<PartitionProgress> {
+        let held: Vec<(String, u64, Option<i64>)> = lock(&self.shared.running)
+            .iter()
+            .map(|(id, r)| (id.clone(), r.generation, r.floor))
+            .collect();
+        let mut out = Vec::with_capacity(held.len());
+        for (id, generation, floor) in held {
+            let props = tokio::time::timeout(
+                Duration::from_secs(10),
+                self.shared.consumer.get_partition_properties(&id),
+            )
+            .await;
+            let (known, last_enqueued) = match props {
+                Ok(Ok(p)) if p.is_empty => (true, None),
+                Ok(Ok(p)) => (true, Some(p.last_enqueued_sequence_number)),
+                _ => (false, None),
+            };
+            out.push(PartitionProgress {
+                partition_id: id,
+                generation,
+                floor,
+                last_enqueued,
+                known,
+            });
+        }
+        out
     }
 
     /// Records that everything up to and including `position` is delivered. Returns `false`
@@ -294,23 +376,18 @@ impl Reader {
         }
     }
 
-    /// Stops reading (no new batches), keeping ownership so that the caller can still
-    /// checkpoint what it delivers.
-    pub async fn stop_reading(&mut self) {
+    /// Stops reading (no new batches), keeping and renewing ownership so that the caller can
+    /// still checkpoint what it delivers.
+    pub async fn stop_reading(&self) {
+        self.stop_taking.cancel();
         self.shared.stop.cancel();
-        if let Some(control) = self.control.take() {
-            let _ = control.await;
-        }
-        let tasks: Vec<JoinHandle<()>> = {
-            let mut owned = self.shared.lock_owned();
-            owned
-                .values_mut()
-                .filter_map(|o| {
-                    o.cancel.cancel();
-                    o.task.take()
-                })
-                .collect()
-        };
+        let tasks: Vec<JoinHandle<()>> = lock(&self.shared.running)
+            .values_mut()
+            .filter_map(|r| {
+                r.cancel.cancel();
+                r.task.take()
+            })
+            .collect();
         for t in tasks {
             let _ = t.await;
         }
@@ -318,23 +395,16 @@ impl Reader {
 
     /// Stops reading and gives every partition back, so that other instances take over at
     /// once instead of after the ownership expiry.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(&self) {
         self.stop_reading().await;
-        let releases: Vec<Ownership> = {
-            let mut owned = self.shared.lock_owned();
-            std::mem::take(&mut *owned)
-                .into_values()
-                .map(|o| Ownership {
-                    owner_id: Some(String::new()),
-                    ..o.ownership
-                })
-                .collect()
-        };
-        if let (Some(store), false) = (&self.shared.store, releases.is_empty()) {
-            match store.claim_ownership(&releases).await {
-                Ok(released) => tracing::info!(count = released.len(), "released partitions"),
-                Err(e) => tracing::warn!(error = %e, "could not release partitions; they free up after the expiry"),
-            }
+        self.stop_leasing.cancel();
+        let leasing = lock(&self.leasing).take();
+        if let Some(t) = leasing {
+            let _ = t.await;
+        }
+        lock(&self.shared.running).clear();
+        if let Some(leases) = &self.shared.leases {
+            leases.release_all().await;
         }
     }
 }
@@ -362,23 +432,51 @@ impl Checkpointer {
 
 impl Drop for Reader {
     fn drop(&mut self) {
+        self.stop_taking.cancel();
+        self.stop_leasing.cancel();
         self.shared.stop.cancel();
-        for o in self.shared.lock_owned().values() {
-            o.cancel.cancel();
+        for r in lock(&self.shared.running).values() {
+            r.cancel.cancel();
         }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn partition_ids(consumer: &ConsumerClient, target: &Target) -> Result<Vec<String>, ReaderError> {
+    let props = consumer
+        .get_eventhub_properties()
+        .await
+        .map_err(|source| ReaderError::Open {
+            hub: target.hub.clone(),
+            source,
+        })?;
+    Ok(props.partition_ids)
+}
+
+/// Starts and stops partition tasks as the engine wins and loses partitions.
+struct PartitionHandler(Arc<Shared>);
+
+#[async_trait]
+impl LeaseHandler for PartitionHandler {
+    async fn acquired(&self, id: &str, grant: Grant) {
+        // Taken from a live owner: the service's owner levels cut that reader off, no wait needed.
+        self.0.read(id, grant.generation).await;
+    }
+
+    fn lost(&self, id: &str, why: &str) {
+        self.0.stop_partition(id, why);
     }
 }
 
 impl Shared {
     async fn checkpoint(&self, position: &Position) -> Result<bool, ReaderError> {
-        let Some(store) = &self.store else {
+        let (Some(store), Some(leases)) = (&self.store, &self.leases) else {
             return Ok(false);
         };
-        let held = self
-            .lock_owned()
-            .get(&position.partition.partition_id)
-            .is_some_and(|o| o.generation == position.generation);
-        if !held {
+        if !leases.holds(&position.partition.partition_id, position.generation) {
             tracing::debug!(partition = %position.partition, "not checkpointing: ownership changed");
             return Ok(false);
         }
@@ -397,10 +495,6 @@ impl Shared {
         Ok(true)
     }
 
-    fn lock_owned(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Owned>> {
-        self.owned.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     fn key(&self, partition_id: &str) -> PartitionKey {
         PartitionKey {
             namespace: self.target.namespace.clone(),
@@ -410,63 +504,52 @@ impl Shared {
         }
     }
 
-    fn template(&self) -> Ownership {
-        Ownership {
-            fully_qualified_namespace: self.target.namespace.clone(),
-            event_hub_name: self.target.hub.clone(),
-            consumer_group: self.config.consumer_group.clone(),
-            partition_id: String::new(),
-            owner_id: None,
-            etag: None,
-            last_modified_time: None,
+    /// Starts reading a partition held under `generation`.
+    async fn read(self: &Arc<Self>, partition_id: &str, generation: u64) {
+        if self.stop.is_cancelled() {
+            return;
         }
-    }
-
-    async fn partition_ids(&self) -> Result<Vec<String>, ReaderError> {
-        let props = self
-            .consumer
-            .get_eventhub_properties()
-            .await
-            .map_err(|source| ReaderError::Open {
-                hub: self.target.hub.clone(),
-                source,
-            })?;
-        Ok(props.partition_ids)
-    }
-
-    /// Starts reading a partition this instance now holds.
-    async fn acquire(self: &Arc<Self>, ownership: Ownership) {
-        let partition_id = ownership.partition_id.clone();
-        let start = self.start_position(&partition_id).await;
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let start = self.start_position(partition_id).await;
+        let floor = self.floor(partition_id, &start).await;
         let cancel = self.stop.child_token();
         let task = tokio::spawn(partition::run(partition::PartitionTask {
             shared: self.clone(),
-            key: Arc::new(self.key(&partition_id)),
+            key: Arc::new(self.key(partition_id)),
             generation,
             start,
             cancel: cancel.clone(),
         }));
         tracing::info!(hub = %self.target.hub, partition = %partition_id, generation, "reading partition");
-        self.lock_owned().insert(
-            partition_id,
-            Owned {
+        let previous = lock(&self.running).insert(
+            partition_id.to_owned(),
+            Running {
                 generation,
-                ownership,
-                renewed: SystemTime::now(),
+                floor,
                 cancel,
                 task: Some(task),
             },
         );
+        if let Some(p) = previous {
+            p.cancel.cancel();
+        }
     }
 
     /// Stops reading a partition this instance no longer holds. Its last batches may still be
     /// in the caller's hands; their checkpoints are refused (generation gone).
-    fn lose(&self, partition_id: &str, why: &str) {
-        if let Some(o) = self.lock_owned().remove(partition_id) {
+    fn stop_partition(&self, partition_id: &str, why: &str) {
+        if let Some(r) = lock(&self.running).remove(partition_id) {
             tracing::info!(hub = %self.target.hub, partition = %partition_id, why, "stopped reading partition");
-            o.cancel.cancel();
+            r.cancel.cancel();
         }
+    }
+
+    /// The service cut this reader off (another reader has a higher owner level): stop, and let
+    /// the next ownership cycle decide whether the partition is still ours.
+    fn cut_off(&self, partition_id: &str) {
+        if let Some(leases) = &self.leases {
+            leases.forget(partition_id);
+        }
+        self.stop_partition(partition_id, "another reader took the partition (higher owner level)");
     }
 
     /// Where a newly held partition starts: after its checkpoint, else the configured start.
@@ -495,111 +578,28 @@ impl Shared {
         }
         partition::Start::From(self.config.start)
     }
-}
 
-/// Claims, renews and rebalances partitions until stopped; without a store, reads them all.
-async fn control_loop(shared: Arc<Shared>, partitions: Vec<String>) {
-    let Some(store) = shared.store.clone() else {
-        for p in &partitions {
-            let mut o = shared.template();
-            o.partition_id.clone_from(p);
-            shared.acquire(o).await;
-        }
-        return;
-    };
-    let interval = shared.config.balancing.update_interval;
-    let expiry = shared.config.balancing.expiry;
-    let mut backoff = Backoff::new(Duration::from_millis(200), interval);
-    loop {
-        let wait = match cycle(&shared, store.as_ref(), &partitions, expiry).await {
-            Ok(balanced) => {
-                backoff.reset();
-                // While taking partitions, come back soon: others may be releasing theirs.
-                if balanced {
-                    interval
+    /// The sequence number everything up to which counts as read before the first batch: the
+    /// checkpoint, nothing (`-1`) from the earliest event, the hub's last event from `latest`.
+    async fn floor(&self, partition_id: &str, start: &partition::Start) -> Option<i64> {
+        match start {
+            partition::Start::After(seq) => Some(*seq),
+            partition::Start::From(StartFrom::Earliest) => Some(-1),
+            partition::Start::From(StartFrom::Latest) => {
+                let props = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    self.consumer.get_partition_properties(partition_id),
+                )
+                .await
+                .ok()?
+                .ok()?;
+                Some(if props.is_empty {
+                    -1
                 } else {
-                    interval.min(Duration::from_secs(1))
-                }
+                    props.last_enqueued_sequence_number
+                })
             }
-            Err(e) => {
-                tracing::warn!(hub = %shared.target.hub, error = %e, "ownership cycle failed; retrying");
-                drop_stale(&shared, expiry);
-                backoff.next_delay()
-            }
-        };
-        tokio::select! {
-            () = shared.stop.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
+            _ => None,
         }
-    }
-}
-
-/// One ownership cycle. Returns whether nothing was left to take.
-async fn cycle(
-    shared: &Arc<Shared>,
-    store: &dyn CheckpointStore,
-    partitions: &[String],
-    expiry: Duration,
-) -> azure_core::Result<bool> {
-    let t = &shared.target;
-    let listed = store
-        .list_ownerships(&t.namespace, &t.hub, &shared.config.consumer_group)
-        .await?;
-    let listed: Vec<Ownership> = listed
-        .into_iter()
-        .filter(|o| partitions.contains(&o.partition_id))
-        .collect();
-    let now = OffsetDateTime::now_utc();
-    let plan = plan(
-        &shared.config.owner_id,
-        partitions,
-        &listed,
-        &shared.template(),
-        now,
-        expiry,
-    );
-    let claims = plan.claims();
-    let won = if claims.is_empty() {
-        Vec::new()
-    } else {
-        store.claim_ownership(&claims).await?
-    };
-    let won_ids: Vec<&str> = won.iter().map(|o| o.partition_id.as_str()).collect();
-
-    // Held partitions whose renewal failed were taken by someone else.
-    let held: Vec<String> = shared.lock_owned().keys().cloned().collect();
-    for p in held.iter().filter(|p| !won_ids.contains(&p.as_str())) {
-        shared.lose(p, "ownership taken by another instance");
-    }
-    for o in won {
-        let renewed = {
-            let mut owned = shared.lock_owned();
-            match owned.get_mut(&o.partition_id) {
-                Some(held) => {
-                    held.ownership = o.clone();
-                    held.renewed = SystemTime::now();
-                    true
-                }
-                None => false,
-            }
-        };
-        if !renewed {
-            shared.acquire(o).await;
-        }
-    }
-    Ok(plan.take.is_empty())
-}
-
-/// When the store cannot be reached, stop partitions whose ownership is past its expiry: another
-/// instance may hold them by now.
-fn drop_stale(shared: &Shared, expiry: Duration) {
-    let stale: Vec<String> = shared
-        .lock_owned()
-        .iter()
-        .filter(|(_, o)| o.renewed.elapsed().unwrap_or_default() > expiry)
-        .map(|(p, _)| p.clone())
-        .collect();
-    for p in stale {
-        shared.lose(&p, "ownership could not be renewed before its expiry");
     }
 }

@@ -17,7 +17,7 @@ use azure_messaging_eventhubs::{ConsumerClient, EventReceiver, OpenReceiverOptio
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::{Batch, Event, PartitionKey, Shared, StartFrom};
+use super::{Batch, Message, PartitionKey, Shared, StartFrom};
 use crate::backoff::Backoff;
 
 /// Where the task begins.
@@ -40,7 +40,7 @@ pub(super) struct PartitionTask {
     pub cancel: CancellationToken,
 }
 
-enum Outcome {
+enum PumpEnd {
     Cancelled,
     Stolen,
     Failed(String),
@@ -75,45 +75,17 @@ pub(super) async fn run(mut task: PartitionTask) {
             task.start = task.shared.start_position(&partition).await;
             continue;
         }
-        let position = match (last_seq, &task.start) {
-            (Some(seq), _) | (None, &Start::After(seq)) => after_sequence(seq),
-            (None, Start::AfterOffset(offset)) => StartPosition {
-                location: StartLocation::Offset(offset.clone()),
-                inclusive: false,
-            },
-            (None, Start::From(from)) => initial(*from),
-            (None, Start::Retry) => unreachable!("resolved above"),
-        };
         let options = OpenReceiverOptions {
             owner_level,
             prefetch: Some(task.shared.prefetch.load(std::sync::atomic::Ordering::Relaxed)),
-            start_position: Some(position),
+            start_position: Some(start_position(last_seq, &task.start)),
             receive_timeout: None,
         };
-        let consumer = match tokio::time::timeout(
-            CALL_TIMEOUT,
-            task.shared
-                .config
-                .connection
-                .open_consumer(&task.shared.target, &task.shared.config.consumer_group),
-        )
-        .await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                tracing::warn!(partition = %task.key, error = %e, "cannot connect; retrying");
-                if !pause(&task.cancel, backoff.next_delay()).await {
-                    return;
-                }
-                continue;
+        let Some(consumer) = connect(&task).await else {
+            if !pause(&task.cancel, backoff.next_delay()).await {
+                return;
             }
-            Err(_) => {
-                tracing::warn!(partition = %task.key, "connecting timed out; retrying");
-                if !pause(&task.cancel, backoff.next_delay()).await {
-                    return;
-                }
-                continue;
-            }
+            continue;
         };
         let outcome = match consumer
             .open_receiver_on_partition(partition.clone(), Some(options))
@@ -125,22 +97,58 @@ pub(super) async fn run(mut task: PartitionTask) {
                 let _ = tokio::time::timeout(Duration::from_secs(5), receiver.close()).await;
                 outcome
             }
-            Err(e) => Outcome::Failed(format!("cannot open receiver: {e}")),
+            Err(e) => PumpEnd::Failed(format!("cannot open receiver: {e}")),
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), consumer.close()).await;
         match outcome {
-            Outcome::Cancelled => return,
-            Outcome::Stolen => {
-                task.shared
-                    .lose(&partition, "another reader took the partition (higher owner level)");
+            PumpEnd::Cancelled => return,
+            PumpEnd::Stolen => {
+                task.shared.cut_off(&partition);
                 return;
             }
-            Outcome::Failed(why) => {
+            PumpEnd::Failed(why) => {
                 tracing::warn!(partition = %task.key, why, last_seq, "receive failed; reconnecting");
                 if !pause(&task.cancel, backoff.next_delay()).await {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Where a (re)opened receiver starts: after the last event handed over, else as the task began.
+fn start_position(last_seq: Option<i64>, start: &Start) -> StartPosition {
+    match (last_seq, start) {
+        (Some(seq), _) | (None, &Start::After(seq)) => after_sequence(seq),
+        (None, Start::AfterOffset(offset)) => StartPosition {
+            location: StartLocation::Offset(offset.clone()),
+            inclusive: false,
+        },
+        (None, Start::From(from)) => initial(*from),
+        (None, Start::Retry) => unreachable!("resolved before opening"),
+    }
+}
+
+/// A client of its own for this partition (its own AMQP connection); `None` after logging why not.
+async fn connect(task: &PartitionTask) -> Option<ConsumerClient> {
+    let shared = &task.shared;
+    let opened = tokio::time::timeout(
+        CALL_TIMEOUT,
+        shared
+            .config
+            .connection
+            .open_consumer(&shared.target, &shared.config.consumer_group),
+    )
+    .await;
+    match opened {
+        Ok(Ok(c)) => Some(c),
+        Ok(Err(e)) => {
+            tracing::warn!(partition = %task.key, error = %e, "cannot connect; retrying");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(partition = %task.key, "connecting timed out; retrying");
+            None
         }
     }
 }
@@ -152,7 +160,7 @@ async fn pump(
     receiver: &EventReceiver,
     last_seq: &mut Option<i64>,
     backoff: &mut Backoff,
-) -> Outcome {
+) -> PumpEnd {
     let mut stream = std::pin::pin!(
         receiver
             .stream_events()
@@ -161,19 +169,19 @@ async fn pump(
     let mut watchdog = Watchdog::new(task, *last_seq);
     loop {
         let chunk = tokio::select! {
-            () = task.cancel.cancelled() => return Outcome::Cancelled,
+            () = task.cancel.cancelled() => return PumpEnd::Cancelled,
             () = tokio::time::sleep(task.shared.config.stall_check) => {
                 match watchdog.check(consumer, *last_seq).await {
                     Ok(()) => continue,
-                    Err(why) => return Outcome::Failed(why),
+                    Err(why) => return PumpEnd::Failed(why),
                 }
             }
             chunk = stream.next() => chunk,
         };
         let Some(chunk) = chunk else {
-            return Outcome::Failed("event stream ended".into());
+            return PumpEnd::Failed("event stream ended".into());
         };
-        let mut events = Vec::with_capacity(chunk.len());
+        let mut messages = Vec::with_capacity(chunk.len());
         let mut failure = None;
         for item in chunk {
             match item {
@@ -187,7 +195,7 @@ async fn pump(
                         continue;
                     }
                     *last_seq = Some(seq);
-                    events.push(Event {
+                    messages.push(Message {
                         body: body_of(&received),
                         sequence_number: seq,
                         offset: received.offset().clone(),
@@ -200,24 +208,24 @@ async fn pump(
                 }
             }
         }
-        if !events.is_empty() {
+        if !messages.is_empty() {
             backoff.reset();
             watchdog.progress();
             let batch = Batch {
                 partition: task.key.clone(),
                 generation: task.generation,
-                events,
+                messages,
             };
             tokio::select! {
-                () = task.cancel.cancelled() => return Outcome::Cancelled,
-                sent = task.shared.out.send(batch) => if sent.is_err() { return Outcome::Cancelled },
+                () = task.cancel.cancelled() => return PumpEnd::Cancelled,
+                sent = task.shared.out.send(batch) => if sent.is_err() { return PumpEnd::Cancelled },
             }
         }
         if let Some(e) = failure {
             return if matches!(e.kind, ErrorKind::ConsumerDisconnected(_)) {
-                Outcome::Stolen
+                PumpEnd::Stolen
             } else {
-                Outcome::Failed(e.to_string())
+                PumpEnd::Failed(e.to_string())
             };
         }
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use defender_eventhub::Secret;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
+use serde_with::DeserializeAs;
 
 thread_local! {
     /// Variables to use instead of the process environment (tests; see [`with_vars`]).
@@ -70,77 +71,133 @@ fn expand_with(input: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<S
     Ok(out)
 }
 
-/// A string value, environment references expanded.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Text(pub String);
+// The adapters below turn what the file says (after `${VAR}` expansion) into final types while
+// the file is read, with `#[serde_as(as = "...")]`: numbers, flags and durations may be written as
+// TOML values or as strings (`"${PREFETCH:-300}"`).
 
-impl fmt::Debug for Text {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
-    }
-}
+/// A string, environment references expanded.
+#[derive(Debug)]
+pub struct Text;
 
-impl std::ops::Deref for Text {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl<'de> Deserialize<'de> for Text {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+impl<'de> DeserializeAs<'de, String> for Text {
+    fn deserialize_as<D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         let raw = String::deserialize(d)?;
-        expand(&raw).map(Text).map_err(de::Error::custom)
+        expand(&raw).map_err(de::Error::custom)
     }
 }
 
-/// A secret value (connection string, key): expanded like [`Text`], never printed.
-#[derive(Clone)]
-pub struct SecretText(pub Secret);
+/// A secret (connection string, key, SAS): expanded like [`Text`], kept in a [`Secret`] that
+/// never prints; an empty value is refused.
+#[derive(Debug)]
+pub struct SecretText;
 
-impl fmt::Debug for SecretText {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl<'de> Deserialize<'de> for SecretText {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+impl<'de> DeserializeAs<'de, Secret> for SecretText {
+    fn deserialize_as<D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
         let raw = String::deserialize(d)?;
         let value = expand(&raw).map_err(de::Error::custom)?;
         if value.trim().is_empty() {
             return Err(de::Error::custom("is empty"));
         }
-        Ok(SecretText(Secret::new(value)))
+        Ok(Secret::new(value))
     }
 }
 
-/// A number, written as one or as a string (`"${PREFETCH:-300}"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Num(pub u64);
+/// A non-negative whole number.
+#[derive(Debug)]
+pub struct Num;
 
-impl<'de> Deserialize<'de> for Num {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(Parsed::<u64>::new("a non-negative whole number"))
-            .map(Num)
-    }
+macro_rules! num_as {
+    ($($t:ty),*) => {$(
+        impl<'de> DeserializeAs<'de, $t> for Num {
+            fn deserialize_as<D: Deserializer<'de>>(d: D) -> Result<$t, D::Error> {
+                let n = d.deserialize_any(Parsed::<u64>::new("a non-negative whole number"))?;
+                <$t>::try_from(n).map_err(|_| de::Error::custom(format!("{n} is too large (at most {})", <$t>::MAX)))
+            }
+        }
+    )*};
 }
+num_as!(u64, u32, usize, i32);
 
-/// A boolean, written as one or as a string (`"${CHECK:-false}"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Flag(pub bool);
+/// `true` or `false`.
+#[derive(Debug)]
+pub struct Flag;
 
-impl<'de> Deserialize<'de> for Flag {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(Parsed::<bool>::new("true or false")).map(Flag)
+impl<'de> DeserializeAs<'de, bool> for Flag {
+    fn deserialize_as<D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(Parsed::<bool>::new("true or false"))
     }
 }
 
 /// A duration: `"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"2d"`, or a number of seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Span(pub Duration);
+#[derive(Debug)]
+pub struct Span;
 
-impl FromStr for Span {
+impl<'de> DeserializeAs<'de, Duration> for Span {
+    fn deserialize_as<D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        d.deserialize_any(Parsed::<Seconds>::new("a duration such as 500ms, 30s, 5m or 1h"))
+            .map(|s| s.0)
+    }
+}
+
+/// Any type read from text with [`FromStr`] (a table name, a URL, a start position), after
+/// expansion: `serde_with`'s `DisplayFromStr` with `${VAR}` support.
+#[derive(Debug)]
+pub struct FromText;
+
+impl<'de, T> DeserializeAs<'de, T> for FromText
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    fn deserialize_as<D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        let raw = String::deserialize(d)?;
+        let value = expand(&raw).map_err(de::Error::custom)?;
+        value.trim().parse().map_err(de::Error::custom)
+    }
+}
+
+/// A list whose items are read with the adapter `A`; an item's error names its index
+/// (`[2]: ...`), which the loader turns into the field's path.
+#[derive(Debug)]
+pub struct ListOf<A>(std::marker::PhantomData<A>);
+
+impl<'de, T, A> DeserializeAs<'de, Vec<T>> for ListOf<A>
+where
+    A: DeserializeAs<'de, T>,
+{
+    fn deserialize_as<D: Deserializer<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+        struct Items<T, A>(std::marker::PhantomData<(T, A)>);
+        impl<'de, T, A: DeserializeAs<'de, T>> Visitor<'de> for Items<T, A> {
+            type Value = Vec<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list")
+            }
+            fn visit_seq<S: de::SeqAccess<'de>>(self, mut seq: S) -> Result<Vec<T>, S::Error> {
+                let mut out = Vec::new();
+                loop {
+                    let i = out.len();
+                    match seq.next_element::<serde_with::de::DeserializeAsWrap<T, A>>() {
+                        Ok(Some(v)) => out.push(v.into_inner()),
+                        Ok(None) => return Ok(out),
+                        Err(e) => return Err(de::Error::custom(format!("[{i}]: {e}"))),
+                    }
+                }
+            }
+        }
+        d.deserialize_seq(Items::<T, A>(std::marker::PhantomData))
+    }
+}
+
+/// Parses a duration as [`Span`] does.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<Seconds>().map(|d| d.0)
+}
+
+/// A parsed duration (the `FromStr` behind [`Span`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seconds(Duration);
+
+impl FromStr for Seconds {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
@@ -161,13 +218,7 @@ impl FromStr for Span {
                 ));
             }
         };
-        Ok(Span(d))
-    }
-}
-
-impl<'de> Deserialize<'de> for Span {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(Parsed::<Span>::new("a duration such as 500ms, 30s, 5m or 1h"))
+        Ok(Seconds(d))
     }
 }
 
@@ -204,9 +255,9 @@ impl FromNative for bool {
         Some(v)
     }
 }
-impl FromNative for Span {
+impl FromNative for Seconds {
     fn from_u64(v: u64) -> Option<Self> {
-        Some(Span(Duration::from_secs(v)))
+        Some(Seconds(Duration::from_secs(v)))
     }
 }
 
@@ -273,9 +324,9 @@ mod tests {
 
     #[test]
     fn durations_read_units() {
-        assert_eq!("500ms".parse::<Span>().unwrap().0, Duration::from_millis(500));
-        assert_eq!("2m".parse::<Span>().unwrap().0, Duration::from_secs(120));
-        assert_eq!("7".parse::<Span>().unwrap().0, Duration::from_secs(7));
-        assert!("7 weeks".parse::<Span>().is_err());
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("7 weeks").is_err());
     }
 }

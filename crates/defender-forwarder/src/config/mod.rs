@@ -1,358 +1,238 @@
 //! The forwarder's configuration file (TOML), field by field in `docs/configuration.md`.
 //!
-//! Every string, number, flag and duration may be written as `${VAR}` or `${VAR:-default}` to
-//! come from the environment. Secrets are read into types that never print them.
+//! The file is parsed once into final types: each `[[sources]]` and `[[sinks]]` entry into the
+//! config struct of its `kind` (found in [`crate::source::KINDS`] / [`crate::sink::KINDS`]),
+//! durations, URLs, tables, times and secrets into what they mean. Every error names the field
+//! (`sinks[1].flush_interval`) with its line and column. Every string, number, flag and duration
+//! may be written as `${VAR}` or `${VAR:-default}` to come from the environment; secrets are read
+//! into types that never print them.
+//!
+//! A [`Config`] can as well be built in code: every kind's config is a plain struct.
 
+mod blob;
+mod credential;
 mod env;
-mod raw;
+mod locate;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use defender_schema::Table;
 use serde::Deserialize;
+use serde_with::serde_as;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-pub use env::{Flag, Num, SecretText, Span, Text, expand, with_vars};
+pub use blob::{BlobAccess, BlobAccessFields};
+pub use credential::Credential;
+pub use env::{Flag, FromText, ListOf, Num, SecretText, Span, Text, expand, parse_duration, with_vars};
+
+use crate::checkpoints::CheckpointsConfig;
+use crate::sink::SinkConfig;
+use crate::source::SourceConfig;
 
 /// The whole file.
 #[derive(Debug)]
 pub struct Config {
-    /// Where file checkpoints and dead letters live.
-    pub state_dir: Text,
+    /// Where file checkpoints, dead letters and this instance's identity live.
+    pub state_dir: PathBuf,
     /// Tuning of the pipeline.
     pub forwarder: Tuning,
     /// Where checkpoints and ownership go (default: files under `state_dir/checkpoints`).
-    pub checkpoints: Checkpoints,
+    pub checkpoints: CheckpointsConfig,
     /// What to read.
-    pub sources: Vec<Source>,
+    pub sources: Vec<Box<dyn SourceConfig>>,
     /// Where records go.
-    pub sinks: Vec<Sink>,
+    pub sinks: Vec<Box<dyn SinkConfig>>,
 }
 
 /// `[forwarder]`: pipeline tuning.
-#[derive(Debug, Default, Deserialize)]
+#[serde_as]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tuning {
-    /// Message bytes read but not yet delivered by every sink, in MiB (default 8). Reading
-    /// pauses at this bound: the memory ceiling when a sink is slow or down.
-    pub max_in_flight_mib: Option<Num>,
-    /// How often delivered positions are checkpointed (default 1s).
-    pub checkpoint_interval: Option<Span>,
-    /// How long a shutdown may take to deliver and checkpoint what is in flight (default 30s).
-    pub shutdown_timeout: Option<Span>,
+    /// Message bytes read but not yet delivered by every sink, in MiB. Reading pauses at this
+    /// bound: the memory ceiling when a sink is slow or down.
+    #[serde(default = "Tuning::default_max_in_flight_mib")]
+    #[serde_as(as = "Num")]
+    pub max_in_flight_mib: u64,
+    /// How often delivered positions are checkpointed. Also what a crash may read twice: at most
+    /// what was delivered in one interval plus what was in flight.
+    #[serde(default = "Tuning::default_checkpoint_interval")]
+    #[serde_as(as = "Span")]
+    pub checkpoint_interval: Duration,
+    /// How long a shutdown may take to deliver and checkpoint what is in flight.
+    #[serde(default = "Tuning::default_shutdown_timeout")]
+    #[serde_as(as = "Span")]
+    pub shutdown_timeout: Duration,
     /// Decode every record into its typed model and count type drift per table and column
-    /// (records are forwarded either way; default false).
-    pub check_records: Option<Flag>,
+    /// (records are forwarded either way).
+    #[serde(default)]
+    #[serde_as(as = "Flag")]
+    pub check_records: bool,
 }
 
-/// `[checkpoints]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Checkpoints {
-    /// `file` (default) or `blob`.
-    pub kind: Option<Text>,
-    /// `file`: the directory (default `state_dir/checkpoints`).
-    pub dir: Option<Text>,
-    /// `blob`: a storage connection string.
-    pub connection_string: Option<SecretText>,
-    /// `blob`: the container.
-    pub container: Option<Text>,
+impl Tuning {
+    /// 8 MiB.
+    pub const fn default_max_in_flight_mib() -> u64 {
+        8
+    }
+    /// 1 s.
+    pub const fn default_checkpoint_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    /// 30 s.
+    pub const fn default_shutdown_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
 }
 
-/// One `[[sources]]` entry.
-#[derive(Debug)]
-pub enum Source {
-    /// An Event Hub (or several, one per table).
-    Eventhub(EventHubSource),
-    /// The Storage-account export: one container per table, one append blob per hour.
-    Storage(StorageSource),
-}
-
-impl Source {
-    /// The source's name.
-    pub fn name(&self) -> &str {
-        match self {
-            Source::Eventhub(s) => s.name.as_deref().unwrap_or("eventhub"),
-            Source::Storage(s) => s.name.as_deref().unwrap_or("storage"),
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            max_in_flight_mib: Self::default_max_in_flight_mib(),
+            checkpoint_interval: Self::default_checkpoint_interval(),
+            shutdown_timeout: Self::default_shutdown_timeout(),
+            check_records: false,
         }
     }
 }
 
-/// `kind = "eventhub"`.
-#[derive(Debug)]
-pub struct EventHubSource {
-    /// Name in logs, metrics and dead letters (default `eventhub`).
-    pub name: Option<Text>,
-    /// A namespace or hub connection string.
-    pub connection_string: Option<SecretText>,
-    /// Or: the namespace (`myns.servicebus.windows.net`), with `credential`.
-    pub namespace: Option<Text>,
-    /// The Entra ID identity used with `namespace`.
-    pub credential: Option<Credential>,
-    /// The hub, unless the connection string names it.
-    pub hub: Option<Text>,
-    /// Several hubs of the namespace instead of one: `per-table` (one per table, as Defender
-    /// names them) or an explicit list.
-    pub hubs: Option<Hubs>,
-    /// With `hubs = "per-table"`: the tables to read (default: every table the schema knows).
-    pub tables: Option<Vec<Text>>,
-    /// With `hubs = "per-table"`: the hub name prefix (default `insights-logs-advancedhunting-`).
-    pub hub_prefix: Option<Text>,
-    /// How often a configured hub that does not exist (yet) is tried again (default 60s).
-    pub missing_hub_retry: Option<Span>,
-    /// Consumer group (default `$Default`; give each deployment its own).
-    pub consumer_group: Option<Text>,
-    /// Where to start without a checkpoint: `earliest` (default), `latest`, or an RFC 3339 time.
-    pub start: Option<Text>,
-    /// Events fetched ahead per partition (default 32; a Defender event holds up to 1 MB).
-    pub prefetch: Option<Num>,
-    /// This instance's name in ownership records (default: host, pid and a random suffix).
-    pub owner_id: Option<Text>,
-    /// How often ownership is renewed (default 10s).
-    pub ownership_update_interval: Option<Span>,
-    /// An ownership not renewed for this long is taken over (default 60s).
-    pub ownership_expiry: Option<Span>,
-}
-
-/// `kind = "storage"`: Defender's export to a Storage account.
-#[derive(Debug)]
-pub struct StorageSource {
-    /// Name in logs, metrics and dead letters (default `storage`).
-    pub name: Option<Text>,
-    /// The blob service URL: `https://acct.blob.core.windows.net`, or path-style for Azurite
-    /// (`http://127.0.0.1:10000/devstoreaccount1`). Not with `connection_string`.
-    pub account_url: Option<Text>,
-    /// Or: a storage account connection string (secret).
-    pub connection_string: Option<SecretText>,
-    /// With `account_url` and `shared_key`: the account name.
-    pub account_name: Option<Text>,
-    /// With `account_url`: the account key (secret).
-    pub shared_key: Option<SecretText>,
-    /// With `account_url`: a SAS token with read and list rights (secret).
-    pub sas: Option<SecretText>,
-    /// The tables to read (default: every table the schema knows).
-    pub tables: Option<Vec<Text>>,
-    /// The container name prefix (default `insights-logs-advancedhunting-`).
-    pub container_prefix: Option<Text>,
-    /// Which hour blobs a container without checkpoints starts with: `earliest` (default), `now`
-    /// (or `latest`), or an RFC 3339 time.
-    pub start: Option<Text>,
-    /// How often containers are listed for new blobs and appended lines (default 30s).
-    pub poll_interval: Option<Span>,
-    /// Read only hour blobs that begin before this RFC 3339 time (for backfills; default: no end).
-    pub until: Option<Text>,
-    /// This instance's name in ownership records (default: host, pid and a random suffix).
-    pub owner_id: Option<Text>,
-    /// How often container ownership is renewed (default 10s).
-    pub ownership_update_interval: Option<Span>,
-    /// A container ownership not renewed for this long is taken over (default 60s).
-    pub ownership_expiry: Option<Span>,
-}
-
-impl StorageSource {
-    /// The containers to read: `<container_prefix><table in lower case>`.
-    pub fn container_names(&self) -> Vec<String> {
-        let prefix = self.container_prefix.as_deref().unwrap_or(DEFAULT_HUB_PREFIX);
-        let tables: Vec<Table> = match &self.tables {
-            Some(names) => names.iter().filter_map(|n| Table::from_name(n)).collect(),
-            None => Table::ALL.to_vec(),
-        };
-        let mut names: Vec<String> = tables
-            .into_iter()
-            .map(|t| format!("{prefix}{}", t.name().to_lowercase()))
-            .collect();
-        names.dedup();
-        names
+impl Config {
+    /// A configuration with defaults, no sources and no sinks (add them, then [`Config::check`]).
+    pub fn new(state_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            state_dir: state_dir.into(),
+            forwarder: Tuning::default(),
+            checkpoints: CheckpointsConfig::default(),
+            sources: Vec::new(),
+            sinks: Vec::new(),
+        }
     }
-}
 
-/// Where a `storage` source starts in a container that has no checkpoint yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StorageStart {
-    /// Every hour blob the container holds.
-    Earliest,
-    /// The hour blob of the moment the forwarder first sees the container, and later ones.
-    Now,
-    /// The hour blob holding this time, and later ones.
-    Time(chrono::DateTime<chrono::Utc>),
-}
-
-/// Reads `earliest`, `now` (or `latest`) or an RFC 3339 time, for a `storage` source.
-pub fn parse_storage_start(s: &str) -> Result<StorageStart, String> {
-    match s.trim() {
-        "earliest" => Ok(StorageStart::Earliest),
-        "now" | "latest" => Ok(StorageStart::Now),
-        other => chrono::DateTime::parse_from_rfc3339(other)
-            .map(|t| StorageStart::Time(t.with_timezone(&chrono::Utc)))
-            .map_err(|_| format!("`{other}` is not `earliest`, `now` or an RFC 3339 time")),
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| e.in_file(path))
     }
-}
 
-/// Which hubs an `eventhub` source reads besides (or instead of) `hub`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Hubs {
-    /// One hub per table: `<hub_prefix><table in lower case>`.
-    PerTable,
-    /// These hubs.
-    Names(Vec<String>),
-}
+    /// [`parse`](Self::parse) with `vars` instead of the process environment.
+    pub fn parse_with_vars(
+        text: &str,
+        vars: std::collections::BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        with_vars(vars, || Config::parse(text))
+    }
 
-/// The hub name prefix Defender uses for per-table hubs (and Storage containers).
-pub const DEFAULT_HUB_PREFIX: &str = "insights-logs-advancedhunting-";
-
-impl EventHubSource {
-    /// The hubs to read when several are configured (`None`: the one hub of `hub` or `EntityPath`).
-    pub fn hub_names(&self) -> Option<Vec<String>> {
-        match self.hubs.as_ref()? {
-            Hubs::Names(names) => Some(names.clone()),
-            Hubs::PerTable => {
-                let prefix = self.hub_prefix.as_deref().unwrap_or(DEFAULT_HUB_PREFIX);
-                let tables: Vec<Table> = match &self.tables {
-                    Some(names) => names.iter().filter_map(|n| Table::from_name(n)).collect(),
-                    None => Table::ALL.to_vec(),
-                };
-                Some(
-                    tables
-                        .into_iter()
-                        .map(|t| format!("{prefix}{}", t.name().to_lowercase()))
-                        .collect(),
-                )
+    /// Parses and checks configuration text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let doc = DeTable::parse(text).map_err(|e| ConfigError::syntax(text, &e))?;
+        let file = File { text, doc: &doc };
+        let root = doc.get_ref();
+        file.refuse_unknown_keys(root, "", &["state_dir", "forwarder", "checkpoints", "sources", "sinks"])?;
+        let state_dir: String = match root.get("state_dir") {
+            Some(v) => file.value::<Text, String>(v, "state_dir")?,
+            None => {
+                return Err(File::invalid(
+                    "state_dir",
+                    "missing: where checkpoints and dead letters live",
+                ));
             }
+        };
+        let forwarder = match root.get("forwarder") {
+            Some(v) => file.deserialize::<Tuning>(v, "forwarder")?,
+            None => Tuning::default(),
+        };
+        let checkpoints = match root.get("checkpoints") {
+            Some(v) => CheckpointsConfig::parse(&file, v)?,
+            None => CheckpointsConfig::default(),
+        };
+        let config = Config {
+            state_dir: PathBuf::from(state_dir),
+            forwarder,
+            checkpoints,
+            sources: file.entries(root.get("sources"), "sources", crate::source::KINDS)?,
+            sinks: file.entries(root.get("sinks"), "sinks", crate::sink::KINDS)?,
+        };
+        config.check().map_err(|e| file.place(e))?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot: at least one source and one sink, unique names, and
+    /// each kind's own rules. Errors name the field (`sinks[1].url`).
+    pub fn check(&self) -> Result<(), Invalid> {
+        if self.state_dir.as_os_str().is_empty() {
+            return Err(Invalid::new("state_dir", "is empty"));
         }
+        if self.sources.is_empty() {
+            return Err(Invalid::new("sources", "at least one [[sources]] is needed"));
+        }
+        if self.sinks.is_empty() {
+            return Err(Invalid::new("sinks", "at least one [[sinks]] is needed"));
+        }
+        self.checkpoints.check().map_err(|e| e.under("checkpoints"))?;
+        let mut names = HashSet::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            let at = format!("sources[{i}]");
+            if !names.insert(s.name().to_owned()) {
+                return Err(Invalid::new(
+                    format!("{at}.name"),
+                    format!("another source is also named `{}`", s.name()),
+                ));
+            }
+            s.check().map_err(|e| e.under(&at))?;
+        }
+        let mut names = HashSet::new();
+        for (i, s) in self.sinks.iter().enumerate() {
+            let at = format!("sinks[{i}]");
+            if !names.insert(s.name().to_owned()) {
+                return Err(Invalid::new(
+                    format!("{at}.name"),
+                    format!("another sink is also named `{}`; give each one a `name`", s.name()),
+                ));
+            }
+            s.tables().check().map_err(|e| e.under(&format!("{at}.tables")))?;
+            s.check().map_err(|e| e.under(&at))?;
+        }
+        Ok(())
     }
 }
 
-/// `credential = { kind = "...", ... }` for a namespace.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum Credential {
-    /// The host's managed identity (user-assigned with `client_id`).
-    ManagedIdentity {
-        /// User-assigned identity's client ID.
-        client_id: Option<Text>,
-    },
-    /// Kubernetes workload identity.
-    WorkloadIdentity {
-        /// Tenant ID (default from `AZURE_TENANT_ID`).
-        tenant_id: Option<Text>,
-        /// Client ID (default from `AZURE_CLIENT_ID`).
-        client_id: Option<Text>,
-        /// Token file (default from `AZURE_FEDERATED_TOKEN_FILE`).
-        token_file: Option<Text>,
-    },
-    /// An app registration's client secret.
-    ClientSecret {
-        /// Tenant ID.
-        tenant_id: Text,
-        /// Client ID.
-        client_id: Text,
-        /// The secret.
-        secret: SecretText,
-    },
+/// A value that cannot work, found after parsing: the field (relative to where it was found) and
+/// why. [`Invalid::under`] prefixes the path of the entry it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    /// The field, e.g. `tables.include[0]`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
 }
 
-/// Which tables a sink takes.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TablesConfig {
-    /// Only these tables (default: all).
-    pub include: Option<Vec<Text>>,
-    /// Not these tables.
-    pub exclude: Option<Vec<Text>>,
-    /// Records of tables the schema crate does not know (default true: pass them on).
-    pub unknown: Option<Flag>,
-}
-
-/// One `[[sinks]]` entry.
-#[derive(Debug)]
-pub enum Sink {
-    /// The Sekoia.io HTTP intake.
-    Sekoia(SekoiaSink),
-    /// The local archive.
-    Files(FilesSink),
-    /// NDJSON on standard output.
-    Stdout(StdoutSink),
-}
-
-impl Sink {
-    /// The sink's name (default: its kind).
-    pub fn name(&self) -> &str {
-        match self {
-            Sink::Sekoia(s) => s.name.as_deref().unwrap_or("sekoia"),
-            Sink::Files(s) => s.name.as_deref().unwrap_or("files"),
-            Sink::Stdout(s) => s.name.as_deref().unwrap_or("stdout"),
+impl Invalid {
+    /// `field` is wrong: `message`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
         }
     }
 
-    /// Its table selection.
-    pub fn tables(&self) -> &TablesConfig {
-        match self {
-            Sink::Sekoia(s) => &s.tables,
-            Sink::Files(s) => &s.tables,
-            Sink::Stdout(s) => &s.tables,
-        }
+    /// The same error, its field inside `parent`.
+    #[must_use]
+    pub fn under(self, parent: &str) -> Self {
+        let field = match (parent.is_empty(), self.field.is_empty(), self.field.starts_with('[')) {
+            (true, _, _) => self.field,
+            (false, true, _) => parent.to_owned(),
+            (false, false, true) => format!("{parent}{}", self.field),
+            (false, false, false) => format!("{parent}.{}", self.field),
+        };
+        Self { field, ..self }
     }
-}
-
-/// `kind = "sekoia"`.
-#[derive(Debug)]
-pub struct SekoiaSink {
-    /// Name in logs, metrics and dead letters.
-    pub name: Option<Text>,
-    /// Intake base URL (default `https://intake.sekoia.io`); `/batch` is appended.
-    pub url: Option<Text>,
-    /// The intake key.
-    pub intake_key: SecretText,
-    /// Tables to send.
-    pub tables: TablesConfig,
-    /// Events per request (default 1000).
-    pub batch_events: Option<Num>,
-    /// Uncompressed bytes per request (default 4 MiB; the intake takes at most 10 MiB).
-    pub batch_bytes: Option<Num>,
-    /// How long a partly filled request waits for more events (default 200ms).
-    pub linger: Option<Span>,
-    /// Requests in flight at once (default 4).
-    pub concurrency: Option<Num>,
-    /// Per-request timeout (default 30s).
-    pub timeout: Option<Span>,
-    /// Gzip request bodies (default true).
-    pub gzip: Option<Flag>,
-    /// Longest wait between retries (default 60s).
-    pub max_backoff: Option<Span>,
-    /// Accept invalid TLS certificates. Only for testing; logged loudly (default false).
-    pub danger_accept_invalid_certs: Option<Flag>,
-}
-
-/// `kind = "files"`.
-#[derive(Debug)]
-pub struct FilesSink {
-    /// Name in logs, metrics and dead letters.
-    pub name: Option<Text>,
-    /// The archive directory.
-    pub dir: Text,
-    /// Tables to archive.
-    pub tables: TablesConfig,
-    /// Days kept (default 90).
-    pub retention_days: Option<Num>,
-    /// Days kept per table, e.g. `{ DeviceProcessEvents = 30 }`.
-    pub retention: BTreeMap<String, Num>,
-    /// How often buffered records are written and fsynced (default 1s).
-    pub flush_interval: Option<Span>,
-    /// Segment size at which a new one starts, in MiB (default 128).
-    pub segment_mib: Option<Num>,
-    /// Segment age at which a new one starts (default 1h).
-    pub segment_age: Option<Span>,
-    /// zstd level (default 3).
-    pub zstd_level: Option<Num>,
-}
-
-/// `kind = "stdout"`.
-#[derive(Debug)]
-pub struct StdoutSink {
-    /// Name in logs and metrics.
-    pub name: Option<Text>,
-    /// Tables to print.
-    pub tables: TablesConfig,
 }
 
 /// A configuration that cannot be used.
@@ -367,387 +247,283 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The TOML is malformed or a field is wrong (the message names line and field).
-    #[error("invalid configuration {path}: {message}")]
+    /// The text is not TOML (the message shows the line).
+    #[error("invalid configuration {}: {message}", file_name(path.as_deref()))]
     Parse {
-        /// The file.
-        path: PathBuf,
+        /// The file, when read from one.
+        path: Option<PathBuf>,
         /// The parser's message.
         message: String,
     },
-    /// A field's value cannot work.
-    #[error("invalid configuration: {field}: {message}")]
+    /// A field's value is wrong or cannot work.
+    #[error("invalid configuration{}: {field}{}: {message}", in_file(path.as_deref()), at(*line, *column))]
     Invalid {
+        /// The file, when read from one.
+        path: Option<PathBuf>,
         /// Which field, e.g. `sinks[1].tables.include`.
         field: String,
+        /// Its line (1-based), when known.
+        line: Option<usize>,
+        /// Its column (1-based), when known.
+        column: Option<usize>,
         /// What is wrong.
         message: String,
     },
 }
 
+fn file_name(path: Option<&Path>) -> String {
+    path.map_or_else(|| "<text>".to_owned(), |p| p.display().to_string())
+}
+
+fn in_file(path: Option<&Path>) -> String {
+    path.map(|p| format!(" {}", p.display())).unwrap_or_default()
+}
+
+fn at(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!(" (line {l}, column {c})"),
+        (Some(l), None) => format!(" (line {l})"),
+        _ => String::new(),
+    }
+}
+
 impl ConfigError {
-    fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            field: field.into(),
-            message: message.into(),
+    fn syntax(text: &str, e: &toml::de::Error) -> ConfigError {
+        let mut e = e.clone();
+        e.set_input(Some(text));
+        ConfigError::Parse {
+            path: None,
+            message: e.to_string().trim_end().to_owned(),
+        }
+    }
+
+    fn in_file(self, file: &Path) -> ConfigError {
+        match self {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: Some(file.to_owned()),
+                message,
+            },
+            ConfigError::Invalid {
+                field,
+                line,
+                column,
+                message,
+                ..
+            } => ConfigError::Invalid {
+                path: Some(file.to_owned()),
+                field,
+                line,
+                column,
+                message,
+            },
+            other @ ConfigError::Read { .. } => other,
+        }
+    }
+
+    /// The field an error is about (`sinks[0].url`), when it is about one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { field, .. } => Some(field),
+            _ => None,
         }
     }
 }
 
-impl Config {
-    /// Reads and checks a configuration file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Config::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_owned(),
-                message,
-            },
-            other => other,
-        })
+/// One `kind` of source or sink as the configuration knows it: its name and how to read its
+/// entry. The kinds are listed once, in [`crate::source::KINDS`] and [`crate::sink::KINDS`].
+pub struct Kind<T: ?Sized> {
+    /// The `kind = "..."` value.
+    pub name: &'static str,
+    /// Reads an entry (without its `kind` key) into the kind's config.
+    pub parse: for<'de> fn(ValueDeserializer<'de>) -> Result<Box<T>, toml::de::Error>,
+}
+
+impl<T: ?Sized> fmt::Debug for Kind<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kind").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// `[3]: rest` -> (`[3]`, rest); `shared_key: rest` -> (`.shared_key`, rest).
+fn leading_segment(message: &str) -> Option<(String, String)> {
+    let (head, rest) = message.split_once(": ")?;
+    let is_index =
+        head.starts_with('[') && head.ends_with(']') && head[1..head.len() - 1].bytes().all(|b| b.is_ascii_digit());
+    let is_key = !head.is_empty()
+        && head.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && head
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    match (is_index, is_key) {
+        (true, _) => Some((head.to_owned(), rest.to_owned())),
+        (_, true) => Some((format!(".{head}"), rest.to_owned())),
+        _ => None,
+    }
+}
+
+/// The text being parsed, for reading values and placing errors.
+pub(crate) struct File<'a, 'i> {
+    text: &'a str,
+    doc: &'a Spanned<DeTable<'i>>,
+}
+
+impl<'i> File<'_, 'i> {
+    /// Reads `value` at `field` as `T`, naming the field on error.
+    pub(crate) fn deserialize<T: Deserialize<'i>>(
+        &self,
+        value: &Spanned<DeValue<'i>>,
+        field: &str,
+    ) -> Result<T, ConfigError> {
+        T::deserialize(ValueDeserializer::from(value.clone())).map_err(|e| self.serde_error(&e, field, None))
     }
 
-    /// [`parse`](Self::parse) with `vars` instead of the process environment.
-    pub fn parse_with_vars(
-        text: &str,
-        vars: std::collections::BTreeMap<String, String>,
-    ) -> Result<Config, ConfigError> {
-        with_vars(vars, || Config::parse(text))
+    /// Reads `value` through a `serde_with` adapter.
+    pub(crate) fn value<A, T>(&self, value: &Spanned<DeValue<'i>>, field: &str) -> Result<T, ConfigError>
+    where
+        A: serde_with::DeserializeAs<'i, T>,
+    {
+        A::deserialize_as(ValueDeserializer::from(value.clone())).map_err(|e| self.serde_error(&e, field, None))
     }
 
-    /// Parses and checks configuration text.
-    pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<text>"),
-            message: e.to_string().trim_end().to_owned(),
-        })?;
-        let config = raw.into_config()?;
-        config.check()?;
-        Ok(config)
+    /// Reads an array of tables, each by the kind its `kind` key names.
+    fn entries<T: ?Sized>(
+        &self,
+        value: Option<&Spanned<DeValue<'i>>>,
+        section: &str,
+        kinds: &[Kind<T>],
+    ) -> Result<Vec<Box<T>>, ConfigError> {
+        let Some(value) = value else { return Ok(Vec::new()) };
+        let DeValue::Array(items) = value.get_ref() else {
+            return Err(self.invalid_at(section, value.span(), &format!("expected [[{section}]] tables")));
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let field = format!("{section}[{i}]");
+                let (kind, rest) = self.kind_of(item, &field, kinds)?;
+                (kind.parse)(ValueDeserializer::from(rest)).map_err(|e| self.serde_error(&e, &field, Some(kind.name)))
+            })
+            .collect()
     }
 
-    fn check(&self) -> Result<(), ConfigError> {
-        if self.state_dir.trim().is_empty() {
-            return Err(ConfigError::invalid("state_dir", "is empty"));
-        }
-        if self.sources.is_empty() {
-            return Err(ConfigError::invalid("sources", "at least one [[sources]] is needed"));
-        }
-        if self.sinks.is_empty() {
-            return Err(ConfigError::invalid("sinks", "at least one [[sinks]] is needed"));
-        }
-        match self.checkpoints.kind.as_deref().unwrap_or("file") {
-            "file" => {}
-            "blob" => {
-                if self.checkpoints.connection_string.is_none() {
-                    return Err(ConfigError::invalid(
-                        "checkpoints.connection_string",
-                        "`kind = \"blob\"` needs a storage connection string",
-                    ));
-                }
-                if self.checkpoints.container.as_deref().is_none_or(str::is_empty) {
-                    return Err(ConfigError::invalid(
-                        "checkpoints.container",
-                        "`kind = \"blob\"` needs a container",
-                    ));
-                }
-            }
-            other => {
-                return Err(ConfigError::invalid(
-                    "checkpoints.kind",
-                    format!("`{other}` is not a checkpoint store (use `file` or `blob`)"),
+    /// The kind an entry names, and the entry without its `kind` key.
+    pub(crate) fn kind_of<'k, T: ?Sized>(
+        &self,
+        item: &Spanned<DeValue<'i>>,
+        field: &str,
+        kinds: &'k [Kind<T>],
+    ) -> Result<(&'k Kind<T>, Spanned<DeValue<'i>>), ConfigError> {
+        let DeValue::Table(table) = item.get_ref() else {
+            return Err(self.invalid_at(field, item.span(), "expected a table"));
+        };
+        let mut rest = table.clone();
+        let names = || {
+            kinds
+                .iter()
+                .map(|k| format!("`{}`", k.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let Some(kind) = rest.remove("kind") else {
+            return Err(self.invalid_at(field, item.span(), &format!("missing `kind` (one of {})", names())));
+        };
+        let name: String = self.value::<Text, String>(&kind, &format!("{field}.kind"))?;
+        let Some(found) = kinds.iter().find(|k| k.name == name.trim()) else {
+            let what = field.split('[').next().unwrap_or(field).trim_end_matches('s');
+            return Err(self.invalid_at(
+                &format!("{field}.kind"),
+                kind.span(),
+                &format!("`{name}` is not a {what} kind (use {})", names()),
+            ));
+        };
+        Ok((found, Spanned::new(item.span(), DeValue::Table(rest))))
+    }
+
+    /// Refuses keys of `table` outside `known`.
+    fn refuse_unknown_keys(&self, table: &DeTable<'i>, prefix: &str, known: &[&str]) -> Result<(), ConfigError> {
+        for (key, _) in table {
+            if !known.contains(&key.get_ref().as_ref()) {
+                let field = format!("{prefix}{}", key.get_ref());
+                return Err(self.invalid_at(
+                    &field,
+                    key.span(),
+                    &format!("unknown key (expected one of {})", known.join(", ")),
                 ));
-            }
-        }
-        let mut names = HashSet::new();
-        for (i, source) in self.sources.iter().enumerate() {
-            let field = format!("sources[{i}]");
-            if !names.insert(source.name().to_owned()) {
-                return Err(ConfigError::invalid(
-                    format!("{field}.name"),
-                    format!("another source is also named `{}`", source.name()),
-                ));
-            }
-            match source {
-                Source::Eventhub(s) => check_eventhub(&field, s)?,
-                Source::Storage(s) => check_storage(&field, s)?,
-            }
-        }
-        let mut names = HashSet::new();
-        for (i, sink) in self.sinks.iter().enumerate() {
-            let field = format!("sinks[{i}]");
-            if !names.insert(sink.name().to_owned()) {
-                return Err(ConfigError::invalid(
-                    format!("{field}.name"),
-                    format!("another sink is also named `{}`; give each one a `name`", sink.name()),
-                ));
-            }
-            check_tables(&format!("{field}.tables"), sink.tables())?;
-            match sink {
-                Sink::Sekoia(s) => {
-                    let url = s.url.as_deref().unwrap_or(DEFAULT_SEKOIA_URL);
-                    let parsed = url::Url::parse(url)
-                        .map_err(|e| ConfigError::invalid(format!("{field}.url"), format!("`{url}`: {e}")))?;
-                    if !matches!(parsed.scheme(), "http" | "https") {
-                        return Err(ConfigError::invalid(
-                            format!("{field}.url"),
-                            "must be http:// or https://",
-                        ));
-                    }
-                    if let Some(n) = s.batch_bytes
-                        && n.0 > 9 * 1024 * 1024
-                    {
-                        return Err(ConfigError::invalid(
-                            format!("{field}.batch_bytes"),
-                            "the intake refuses requests over 10 MiB; keep batches at most 9 MiB",
-                        ));
-                    }
-                    for (key, v) in [("batch_events", s.batch_events), ("concurrency", s.concurrency)] {
-                        if v.is_some_and(|n| n.0 == 0) {
-                            return Err(ConfigError::invalid(format!("{field}.{key}"), "must be at least 1"));
-                        }
-                    }
-                }
-                Sink::Files(s) => {
-                    if s.dir.trim().is_empty() {
-                        return Err(ConfigError::invalid(format!("{field}.dir"), "is empty"));
-                    }
-                    for table in s.retention.keys() {
-                        if Table::from_name(table).is_none() {
-                            return Err(ConfigError::invalid(
-                                format!("{field}.retention.{table}"),
-                                format!("`{table}` is not a known table (see `defender tables`)"),
-                            ));
-                        }
-                    }
-                }
-                Sink::Stdout(_) => {}
             }
         }
         Ok(())
     }
-}
 
-/// Where records go when a `sekoia` sink gives no `url`.
-pub const DEFAULT_SEKOIA_URL: &str = "https://intake.sekoia.io";
+    pub(crate) fn serde_error(&self, e: &toml::de::Error, field: &str, kind: Option<&str>) -> ConfigError {
+        let mut message = e.message().trim_end().to_owned();
+        let span = e.span();
+        let mut path = span
+            .as_ref()
+            .and_then(|s| locate::path_at(self.doc, s.start))
+            .unwrap_or_else(|| field.to_owned());
+        if !path.starts_with(field) {
+            field.clone_into(&mut path);
+        }
+        if let Some(missing) = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+        {
+            path = format!("{path}.{missing}");
+        }
+        // Errors of lists and of kinds that read several keys at once name the item or key first.
+        while let Some((segment, rest)) = leading_segment(&message) {
+            if !path.ends_with(&segment) {
+                path.push_str(&segment);
+            }
+            message = rest;
+        }
+        if let (Some(kind), true) = (kind, message.starts_with("unknown field")) {
+            message = format!("{message} (not a setting of `kind = \"{kind}\"`)");
+        }
+        let (line, column) = span.map_or((None, None), |s| locate::line_column(self.text, s.start));
+        ConfigError::Invalid {
+            path: None,
+            field: path,
+            line,
+            column,
+            message,
+        }
+    }
 
-fn check_eventhub(field: &str, s: &EventHubSource) -> Result<(), ConfigError> {
-    match (&s.connection_string, &s.namespace, &s.credential) {
-        (Some(_), None, None) | (None, Some(_), Some(_)) => {}
-        (Some(_), _, _) => {
-            return Err(ConfigError::invalid(
-                field,
-                "give either `connection_string` or `namespace` + `credential`, not both",
-            ));
-        }
-        (None, None, _) => {
-            return Err(ConfigError::invalid(
-                format!("{field}.connection_string"),
-                "missing: give `connection_string`, or `namespace` + `credential`",
-            ));
-        }
-        (None, Some(_), None) => {
-            return Err(ConfigError::invalid(
-                format!("{field}.credential"),
-                "`namespace` needs a `credential` (e.g. `{ kind = \"managed-identity\" }`)",
-            ));
+    pub(crate) fn invalid_at(&self, field: &str, span: std::ops::Range<usize>, message: &str) -> ConfigError {
+        let (line, column) = locate::line_column(self.text, span.start);
+        ConfigError::Invalid {
+            path: None,
+            field: field.to_owned(),
+            line,
+            column,
+            message: message.to_owned(),
         }
     }
-    match (&s.hub, &s.hubs) {
-        (Some(h), Some(_)) if !h.trim().is_empty() => {
-            return Err(ConfigError::invalid(
-                format!("{field}.hubs"),
-                "give either `hub` (one hub) or `hubs` (several), not both",
-            ));
-        }
-        (_, Some(Hubs::Names(names))) if names.is_empty() => {
-            return Err(ConfigError::invalid(format!("{field}.hubs"), "is empty"));
-        }
-        _ => {}
-    }
-    if s.hubs != Some(Hubs::PerTable) {
-        for (key, given) in [("tables", s.tables.is_some()), ("hub_prefix", s.hub_prefix.is_some())] {
-            if given {
-                return Err(ConfigError::invalid(
-                    format!("{field}.{key}"),
-                    "only applies with `hubs = \"per-table\"`",
-                ));
-            }
-        }
-    }
-    for (i, name) in s.tables.iter().flatten().enumerate() {
-        if Table::from_name(name).is_none() {
-            return Err(ConfigError::invalid(
-                format!("{field}.tables[{i}]"),
-                format!("`{}` is not a known table (see `defender tables`)", &**name),
-            ));
-        }
-    }
-    if let Some(start) = &s.start {
-        parse_start(start).map_err(|e| ConfigError::invalid(format!("{field}.start"), e))?;
-    }
-    if s.prefetch.is_some_and(|n| n.0 == 0 || n.0 > u64::from(u32::MAX)) {
-        return Err(ConfigError::invalid(
-            format!("{field}.prefetch"),
-            "must be between 1 and 2^32-1",
-        ));
-    }
-    Ok(())
-}
 
-fn check_storage(field: &str, s: &StorageSource) -> Result<(), ConfigError> {
-    let invalid = |key: &str, message: &str| ConfigError::invalid(format!("{field}.{key}"), message);
-    match (&s.connection_string, &s.account_url) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "account_url",
-                "give either `connection_string` or `account_url` with `shared_key` or `sas`, not both",
-            ));
-        }
-        (None, None) => {
-            return Err(invalid(
-                "account_url",
-                "missing: give `account_url` with `shared_key` (and `account_name`) or `sas`, or `connection_string`",
-            ));
-        }
-        (Some(cs), None) => {
-            for (key, given) in [
-                ("shared_key", s.shared_key.is_some()),
-                ("sas", s.sas.is_some()),
-                ("account_name", s.account_name.is_some()),
-            ] {
-                if given {
-                    return Err(invalid(
-                        key,
-                        "only applies with `account_url` (the connection string carries the credential)",
-                    ));
-                }
-            }
-            defender_eventhub::blob::StorageConnectionString::parse(cs.0.expose())
-                .map_err(|e| invalid("connection_string", &e.to_string()))?;
-        }
-        (None, Some(url)) => {
-            let parsed = url::Url::parse(url).map_err(|e| invalid("account_url", &format!("`{}`: {e}", &**url)))?;
-            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-                return Err(invalid("account_url", "must be an http:// or https:// URL"));
-            }
-            if parsed.query().is_some() || parsed.fragment().is_some() {
-                return Err(invalid(
-                    "account_url",
-                    "must not carry a query string: put a SAS token in `sas`",
-                ));
-            }
-            match (&s.shared_key, &s.sas) {
-                (Some(_), Some(_)) => {
-                    return Err(invalid("sas", "give either `shared_key` or `sas`, not both"));
-                }
-                (None, None) => {
-                    return Err(invalid(
-                        "shared_key",
-                        "missing: `account_url` needs `shared_key` (with `account_name`) or `sas`",
-                    ));
-                }
-                (Some(key), None) => {
-                    let Some(account) = s.account_name.as_deref().filter(|a| !a.trim().is_empty()) else {
-                        return Err(invalid("account_name", "missing: `shared_key` needs the account name"));
-                    };
-                    defender_eventhub::blob::StorageCredential::shared_key(account.trim(), key.0.expose())
-                        .map_err(|e| invalid("shared_key", &e.to_string()))?;
-                }
-                (None, Some(sas)) => {
-                    if s.account_name.is_some() {
-                        return Err(invalid("account_name", "only applies with `shared_key`"));
-                    }
-                    defender_eventhub::blob::StorageCredential::sas(sas.0.expose())
-                        .map_err(|e| invalid("sas", &e.to_string()))?;
-                }
-            }
+    fn invalid(field: &str, message: &str) -> ConfigError {
+        ConfigError::Invalid {
+            path: None,
+            field: field.to_owned(),
+            line: None,
+            column: None,
+            message: message.to_owned(),
         }
     }
-    for (i, name) in s.tables.iter().flatten().enumerate() {
-        if Table::from_name(name).is_none() {
-            return Err(ConfigError::invalid(
-                format!("{field}.tables[{i}]"),
-                format!("`{}` is not a known table (see `defender tables`)", &**name),
-            ));
-        }
-    }
-    if s.tables.as_ref().is_some_and(Vec::is_empty) {
-        return Err(invalid("tables", "is empty; leave it out to read every table"));
-    }
-    if let Some(prefix) = &s.container_prefix {
-        let ok = prefix
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if !ok {
-            return Err(invalid(
-                "container_prefix",
-                "container names hold lower-case letters, digits and `-` only",
-            ));
-        }
-    }
-    for name in s.container_names() {
-        if name.len() > 63 {
-            return Err(invalid(
-                "container_prefix",
-                &format!("`{name}` is longer than the 63 characters a container name may have"),
-            ));
-        }
-    }
-    if let Some(start) = &s.start {
-        parse_storage_start(start).map_err(|e| invalid("start", &e))?;
-    }
-    if let Some(until) = &s.until {
-        chrono::DateTime::parse_from_rfc3339(until.trim())
-            .map_err(|_| invalid("until", &format!("`{}` is not an RFC 3339 time", &**until)))?;
-    }
-    for (key, span) in [
-        ("poll_interval", s.poll_interval),
-        ("ownership_update_interval", s.ownership_update_interval),
-        ("ownership_expiry", s.ownership_expiry),
-    ] {
-        if span.is_some_and(|s| s.0.is_zero()) {
-            return Err(invalid(key, "must be longer than 0s"));
-        }
-    }
-    Ok(())
-}
 
-/// Reads `earliest`, `latest` or an RFC 3339 time.
-pub fn parse_start(s: &str) -> Result<defender_eventhub::StartFrom, String> {
-    match s.trim() {
-        "earliest" => Ok(defender_eventhub::StartFrom::Earliest),
-        "latest" => Ok(defender_eventhub::StartFrom::Latest),
-        other => chrono::DateTime::parse_from_rfc3339(other)
-            .map(|t| defender_eventhub::StartFrom::EnqueuedTime(t.with_timezone(&chrono::Utc).into()))
-            .map_err(|_| format!("`{other}` is not `earliest`, `latest` or an RFC 3339 time")),
-    }
-}
-
-fn check_tables(field: &str, t: &TablesConfig) -> Result<(), ConfigError> {
-    for (key, list) in [("include", &t.include), ("exclude", &t.exclude)] {
-        for (i, name) in list.iter().flatten().enumerate() {
-            if Table::from_name(name).is_none() {
-                return Err(ConfigError::invalid(
-                    format!("{field}.{key}[{i}]"),
-                    format!(
-                        "`{}` is not a known table (see `defender tables`; records of unknown tables follow `unknown`)",
-                        &**name
-                    ),
-                ));
-            }
+    /// A check's error, with the line of the field it names (or of the nearest entry above it).
+    fn place(&self, e: Invalid) -> ConfigError {
+        let span = locate::span_of(self.doc, &e.field);
+        let (line, column) = span.map_or((None, None), |s| locate::line_column(self.text, s.start));
+        ConfigError::Invalid {
+            path: None,
+            field: e.field,
+            line,
+            column,
+            message: e.message,
         }
     }
-    if t.include.as_ref().is_some_and(Vec::is_empty) {
-        return Err(ConfigError::invalid(
-            format!("{field}.include"),
-            "is empty, so the sink would get nothing; leave it out to take every table",
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,18 @@
 use std::collections::BTreeMap as HashMap;
 
 use super::*;
+use crate::sink::files::FilesConfig;
+use crate::sink::sekoia::SekoiaConfig;
+use crate::source::eventhub::EventHubConfig;
+use crate::source::storage::{StorageConfig, StorageStart};
+
+fn hub(c: &Config, i: usize) -> &EventHubConfig {
+    c.sources[i].as_any().downcast_ref().expect("an eventhub source")
+}
+
+fn storage(c: &Config, i: usize) -> &StorageConfig {
+    c.sources[i].as_any().downcast_ref().expect("a storage source")
+}
 
 fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
@@ -29,20 +41,40 @@ fn the_sekoia_example_runs_on_its_documented_variables() {
         ]),
     )
     .unwrap();
-    let Source::Eventhub(hub) = &c.sources[0] else {
-        panic!("eventhub source")
-    };
-    assert_eq!(hub.consumer_group.as_deref(), Some("$Default"));
-    assert_eq!(hub.hub.as_deref(), Some("defender"));
-    let Sink::Sekoia(s) = &c.sinks[0] else {
-        panic!("sekoia sink")
-    };
-    assert_eq!(s.url.as_deref(), Some("https://intake.sekoia.io"));
-    assert_eq!(s.intake_key.0.expose(), "intake-key-123");
+    let h = hub(&c, 0);
+    assert_eq!(h.consumer_group, "$Default");
+    assert_eq!(h.hub.as_deref(), Some("defender"));
+    let s: &SekoiaConfig = c.sinks[0].as_any().downcast_ref().expect("sekoia sink");
+    assert_eq!(s.url.as_str(), "https://intake.sekoia.io/");
+    assert_eq!(s.intake_key.expose(), "intake-key-123");
     // Secrets never print.
     let debug = format!("{c:?}");
     assert!(
         !debug.contains("intake-key-123") && !debug.contains("c2VjcmV0"),
+        "{debug}"
+    );
+}
+
+#[test]
+fn the_storage_example_runs_on_its_documented_variables() {
+    let c = Config::parse_with_vars(
+        &example("storage-to-sekoia.toml"),
+        vars(&[
+            (
+                "DEFENDER_STORAGE_CONNECTION_STRING",
+                &format!("DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={DEV_KEY};EndpointSuffix=core.windows.net"),
+            ),
+            ("DEFENDER_STATE_DIR", "/var/lib/defender"),
+            ("SEKOIA_INTAKE_KEY", "intake-key-123"),
+        ]),
+    )
+    .unwrap();
+    let s = storage(&c, 0);
+    assert_eq!(s.container_names().len(), defender_schema::Table::ALL.len());
+    assert_eq!(s.start, StorageStart::Earliest);
+    let debug = format!("{c:?}");
+    assert!(
+        !debug.contains("Eby8vdM02") && !debug.contains("intake-key-123"),
         "{debug}"
     );
 }
@@ -59,15 +91,10 @@ fn the_archive_example_runs_on_its_documented_variables() {
         ]),
     )
     .unwrap();
-    let Sink::Files(f) = &c.sinks[0] else {
-        panic!("files sink")
-    };
-    assert_eq!(&*f.dir, "/tmp/archive");
-    assert_eq!(f.retention["DeviceProcessEvents"], Num(30));
-    let Source::Eventhub(hub) = &c.sources[0] else {
-        panic!("eventhub source")
-    };
-    assert_eq!(hub.consumer_group.as_deref(), Some("archive"));
+    let f: &FilesConfig = c.sinks[0].as_any().downcast_ref().expect("files sink");
+    assert_eq!(f.dir, "/tmp/archive");
+    assert_eq!(f.retention[&defender_schema::Table::DeviceProcessEvents], 30);
+    assert_eq!(hub(&c, 0).consumer_group, "archive");
 }
 
 #[test]
@@ -146,15 +173,9 @@ fn numbers_flags_and_durations_may_come_from_the_environment() {
         "{MINIMAL}prefetch = \"${{PREFETCH}}\"\n[forwarder]\ncheck_records = \"${{CHECK:-true}}\"\ncheckpoint_interval = \"${{EVERY:-250ms}}\"\n[[sinks]]\nkind = \"stdout\"\n"
     );
     let c = Config::parse_with_vars(&text, vars(&[("PREFETCH", "50")])).unwrap();
-    let Source::Eventhub(hub) = &c.sources[0] else {
-        panic!("eventhub source")
-    };
-    assert_eq!(hub.prefetch, Some(Num(50)));
-    assert_eq!(c.forwarder.check_records, Some(Flag(true)));
-    assert_eq!(
-        c.forwarder.checkpoint_interval.unwrap().0,
-        std::time::Duration::from_millis(250)
-    );
+    assert_eq!(hub(&c, 0).prefetch, Some(50));
+    assert!(c.forwarder.check_records);
+    assert_eq!(c.forwarder.checkpoint_interval, std::time::Duration::from_millis(250));
     let e = err(&text, &[("PREFETCH", "many")]);
     assert!(e.contains("prefetch") && e.contains("many"), "{e}");
 }
@@ -163,11 +184,8 @@ fn numbers_flags_and_durations_may_come_from_the_environment() {
 fn per_table_hubs_are_named_as_defender_names_them() {
     let text = "state_dir = \"/s\"\n[[sources]]\nkind = \"eventhub\"\nconnection_string = \"Endpoint=sb://x/;SharedAccessKeyName=a;SharedAccessKey=b\"\nhubs = \"per-table\"\ntables = [\"deviceprocessevents\", \"EmailEvents\"]\n[[sinks]]\nkind = \"stdout\"\n";
     let c = Config::parse(text).unwrap();
-    let Source::Eventhub(s) = &c.sources[0] else {
-        panic!("eventhub source")
-    };
     assert_eq!(
-        s.hub_names().unwrap(),
+        hub(&c, 0).hub_names().unwrap(),
         [
             "insights-logs-advancedhunting-deviceprocessevents",
             "insights-logs-advancedhunting-emailevents"
@@ -203,9 +221,7 @@ fn a_storage_source_takes_each_credential_form() {
         "{STORAGE}account_url = \"http://127.0.0.1:10000/devstoreaccount1\"\naccount_name = \"devstoreaccount1\"\nshared_key = \"${{KEY}}\"\ntables = [\"DeviceProcessEvents\", \"emailevents\"]\nstart = \"now\"\npoll_interval = \"5s\"\n"
     );
     let c = Config::parse_with_vars(&text, vars(&[("KEY", DEV_KEY)])).unwrap();
-    let Source::Storage(s) = &c.sources[0] else {
-        panic!("storage source")
-    };
+    let s = storage(&c, 0);
     assert_eq!(c.sources[0].name(), "storage");
     assert_eq!(
         s.container_names(),
@@ -214,8 +230,8 @@ fn a_storage_source_takes_each_credential_form() {
             "insights-logs-advancedhunting-emailevents"
         ]
     );
-    assert_eq!(parse_storage_start(s.start.as_deref().unwrap()), Ok(StorageStart::Now));
-    assert_eq!(s.poll_interval.unwrap().0, std::time::Duration::from_secs(5));
+    assert_eq!(s.start, StorageStart::Now);
+    assert_eq!(s.poll_interval, std::time::Duration::from_secs(5));
     let debug = format!("{c:?}");
     assert!(!debug.contains("Eby8vdM02"), "{debug}");
 
@@ -224,9 +240,7 @@ fn a_storage_source_takes_each_credential_form() {
         "{STORAGE}name = \"export\"\naccount_url = \"https://acct.blob.core.windows.net\"\nsas = \"sv=2021-08-06&sig=abc\"\ncontainer_prefix = \"defender-\"\n"
     );
     let c = Config::parse(&text).unwrap();
-    let Source::Storage(s) = &c.sources[0] else {
-        panic!("storage source")
-    };
+    let s = storage(&c, 0);
     assert_eq!(c.sources[0].name(), "export");
     assert_eq!(s.container_names().len(), defender_schema::Table::ALL.len());
     assert!(s.container_names().contains(&"defender-deviceinfo".to_owned()));
@@ -236,18 +250,17 @@ fn a_storage_source_takes_each_credential_form() {
         "{STORAGE}connection_string = \"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={DEV_KEY};EndpointSuffix=core.windows.net\"\nstart = \"2026-11-24T09:30:00Z\"\n"
     );
     let c = Config::parse(&text).unwrap();
-    assert!(matches!(&c.sources[0], Source::Storage(s) if s.connection_string.is_some()));
-    assert!(matches!(
-        parse_storage_start("2026-11-24T09:30:00Z"),
-        Ok(StorageStart::Time(_))
-    ));
-    assert_eq!(parse_storage_start("earliest"), Ok(StorageStart::Earliest));
+    let s = storage(&c, 0);
+    assert_eq!(s.account.endpoint.as_str(), "https://acct.blob.core.windows.net/");
+    assert!(matches!(s.start, StorageStart::Time(_)));
+    assert!(matches!("2026-11-24T09:30:00Z".parse(), Ok(StorageStart::Time(_))));
+    assert_eq!("earliest".parse(), Ok(StorageStart::Earliest));
 }
 
-#[test]
-fn bad_storage_sources_are_named() {
+/// Bad `storage` entries and the field each error must name.
+fn bad_storage_cases() -> Vec<(String, &'static str)> {
     let url = "account_url = \"https://acct.blob.core.windows.net\"\n";
-    let cases: &[(String, &str)] = &[
+    vec![
         (String::new(), "sources[0].account_url"),
         (url.to_owned(), "sources[0].shared_key"),
         (format!("{url}shared_key = \"{DEV_KEY}\"\n"), "sources[0].account_name"),
@@ -318,8 +331,13 @@ fn bad_storage_sources_are_named() {
             format!("{url}sas = \"sig=x\"\npoll_interval = \"0s\"\n"),
             "sources[0].poll_interval",
         ),
-    ];
-    for (fields, field) in cases {
+    ]
+}
+
+#[test]
+fn bad_storage_sources_are_named() {
+    let cases = bad_storage_cases();
+    for (fields, field) in &cases {
         let e = err(&format!("{STORAGE}{fields}"), &[]);
         assert!(e.contains(field), "{fields}: {e}");
         assert!(!e.contains("Eby8vdM02"), "{e}");
@@ -349,7 +367,7 @@ fn hub_and_storage_sources_mix() {
     );
     let c = Config::parse(&text).unwrap();
     assert_eq!(
-        c.sources.iter().map(Source::name).collect::<Vec<_>>(),
+        c.sources.iter().map(|s| s.name()).collect::<Vec<_>>(),
         ["eventhub", "storage"]
     );
     let e = err(
@@ -388,10 +406,10 @@ fn the_three_delivery_examples_of_the_reference_parse() {
         .iter()
         .map(|b| {
             let c = Config::parse_with_vars(b, v.clone()).unwrap_or_else(|e| panic!("{e}\n{b}"));
-            match &c.sources[0] {
-                Source::Eventhub(h) if h.hubs.is_some() => "per-table".to_owned(),
-                Source::Eventhub(_) => "hub".to_owned(),
-                Source::Storage(s) => format!("storage {}", s.container_names().len()),
+            match c.sources[0].kind() {
+                "eventhub" if hub(&c, 0).hubs.is_some() => "per-table".to_owned(),
+                "eventhub" => "hub".to_owned(),
+                _ => format!("storage {}", storage(&c, 0).container_names().len()),
             }
         })
         .collect();

@@ -1,59 +1,177 @@
-//! The local archive sink: records appended per table and UTC day (see [`crate::archive`]),
-//! acknowledged once the flush that wrote them has fsynced.
+//! `kind = "files"`: the local archive. Records are appended per table and UTC day (see
+//! [`crate::archive`]) and acknowledged once the flush that wrote them has fsynced.
+//!
+//! ```toml
+//! [[sinks]]
+//! kind = "files"
+//! dir = "/srv/defender"
+//! retention_days = 90
+//! retention = { DeviceProcessEvents = 30 }
+//! ```
 
+use std::any::Any;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
+use defender_schema::Table;
+use serde::Deserialize;
+use serde_with::serde_as;
 use tokio::sync::mpsc;
 
-use super::{IDLE, SinkContext, count_out, sleep_opt};
+use super::{IDLE, Sink, SinkConfig, SinkContext, sleep_opt};
 use crate::archive::{Archive, ArchiveError, ArchiveOptions};
-use crate::config::FilesSink;
-use crate::deadletter::Entry;
-use crate::delivery::{Ack, Day, Delivery, Record};
+use crate::config::{FromText, Invalid, Num, Span, Text};
+use crate::delivery::{Ack, Day, Delivery, SinkRecord};
+use crate::metrics::families::RETRIES;
+use crate::table_filter::TablesConfig;
 
-/// Settings of a `files` sink besides the archive's own.
-#[derive(Debug, Clone)]
-pub struct FilesOptions {
+/// `kind = "files"`.
+#[serde_as]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Name in logs, metrics and dead letters (default `files`).
+    #[serde(default)]
+    #[serde_as(as = "Option<Text>")]
+    pub name: Option<String>,
     /// The archive directory.
-    pub dir: PathBuf,
+    #[serde_as(as = "Text")]
+    pub dir: String,
+    /// Tables to archive (default: all).
+    #[serde(default)]
+    pub tables: TablesConfig,
+    /// Days kept; 0 keeps forever.
+    #[serde(default = "FilesConfig::default_retention_days")]
+    #[serde_as(as = "Num")]
+    pub retention_days: u32,
+    /// Days kept per table, e.g. `{ DeviceProcessEvents = 30 }`.
+    #[serde(default)]
+    #[serde_as(as = "BTreeMap<FromText, Num>")]
+    pub retention: BTreeMap<Table, u32>,
     /// How often buffered records are written and fsynced.
+    #[serde(default = "FilesConfig::default_flush_interval")]
+    #[serde_as(as = "Span")]
     pub flush_interval: Duration,
-    /// Flush early once this much is buffered.
-    pub max_buffered: usize,
+    /// Segment size at which a new one starts, in MiB.
+    #[serde(default = "FilesConfig::default_segment_mib")]
+    #[serde_as(as = "Num")]
+    pub segment_mib: u64,
+    /// Segment age at which a new one starts.
+    #[serde(default = "FilesConfig::default_segment_age")]
+    #[serde_as(as = "Span")]
+    pub segment_age: Duration,
+    /// zstd level, 1 to 19.
+    #[serde(default = "FilesConfig::default_zstd_level")]
+    #[serde_as(as = "Num")]
+    pub zstd_level: i32,
 }
 
-/// Opens (and repairs) the archive of a checked `[[sinks]] kind = "files"` entry. `in_flight` is
-/// the pipeline's in-flight budget: the sink flushes well before holding all of it.
-pub fn open(c: &FilesSink, in_flight: usize) -> Result<(Archive, FilesOptions), String> {
-    let mut o = ArchiveOptions::default();
-    let small = |n: crate::config::Num| u32::try_from(n.0).unwrap_or(u32::MAX);
-    if let Some(n) = c.retention_days {
-        o.retention_days = small(n);
+impl FilesConfig {
+    /// An archive in `dir` with the defaults.
+    pub fn new(dir: impl Into<String>) -> Self {
+        Self {
+            name: None,
+            dir: dir.into(),
+            tables: TablesConfig::default(),
+            retention_days: Self::default_retention_days(),
+            retention: BTreeMap::new(),
+            flush_interval: Self::default_flush_interval(),
+            segment_mib: Self::default_segment_mib(),
+            segment_age: Self::default_segment_age(),
+            zstd_level: Self::default_zstd_level(),
+        }
     }
-    for (table, days) in &c.retention {
-        let name = defender_schema::Table::from_name(table).map_or(table.as_str(), |t| t.name());
-        o.retention.insert(name.to_owned(), small(*days));
+    /// 90 days.
+    pub const fn default_retention_days() -> u32 {
+        90
     }
-    if let Some(n) = c.segment_mib {
-        o.max_segment_bytes = n.0.saturating_mul(1024 * 1024).max(1);
+    /// 1 s.
+    pub const fn default_flush_interval() -> Duration {
+        Duration::from_secs(1)
     }
-    if let Some(s) = c.segment_age {
-        o.max_segment_age = s.0;
+    /// 128 MiB.
+    pub const fn default_segment_mib() -> u64 {
+        128
     }
-    if let Some(n) = c.zstd_level {
-        o.level = i32::try_from(n.0).unwrap_or(3).clamp(1, 19);
+    /// 1 h.
+    pub const fn default_segment_age() -> Duration {
+        Duration::from_secs(3600)
     }
-    let dir = PathBuf::from(&c.dir.0);
-    let archive = Archive::open(&dir, o).map_err(|e| e.to_string())?;
-    Ok((
-        archive,
-        FilesOptions {
+    /// 3.
+    pub const fn default_zstd_level() -> i32 {
+        3
+    }
+
+    fn archive_options(&self) -> ArchiveOptions {
+        ArchiveOptions {
+            level: self.zstd_level,
+            max_segment_bytes: self.segment_mib.saturating_mul(1024 * 1024).max(1),
+            max_segment_age: self.segment_age,
+            retention_days: self.retention_days,
+            retention: self.retention.iter().map(|(t, d)| (t.name().to_owned(), *d)).collect(),
+        }
+    }
+}
+
+#[async_trait]
+impl SinkConfig for FilesConfig {
+    fn kind(&self) -> &'static str {
+        "files"
+    }
+
+    fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("files")
+    }
+
+    fn tables(&self) -> &TablesConfig {
+        &self.tables
+    }
+
+    fn check(&self) -> Result<(), Invalid> {
+        if self.dir.trim().is_empty() {
+            return Err(Invalid::new("dir", "is empty"));
+        }
+        if !(1..=19).contains(&self.zstd_level) {
+            return Err(Invalid::new("zstd_level", "must be between 1 and 19"));
+        }
+        if self.flush_interval.is_zero() {
+            return Err(Invalid::new("flush_interval", "must be longer than 0s"));
+        }
+        Ok(())
+    }
+
+    /// Opens (and repairs) the archive.
+    async fn build(&self, cx: &SinkContext) -> Result<Box<dyn Sink>, String> {
+        let dir = PathBuf::from(&self.dir);
+        let options = self.archive_options();
+        let open_dir = dir.clone();
+        let archive = tokio::task::spawn_blocking(move || Archive::open(&open_dir, options))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(Box::new(FilesSink {
+            cx: cx.clone(),
+            archive,
             dir,
-            flush_interval: c.flush_interval.map_or(Duration::from_secs(1), |s| s.0),
-            max_buffered: (in_flight / 4).clamp(256 * 1024, 16 * 1024 * 1024),
-        },
-    ))
+            flush_interval: self.flush_interval,
+            // Flush well before holding the whole in-flight budget.
+            max_buffered: (cx.in_flight_bytes / 4).clamp(256 * 1024, 16 * 1024 * 1024),
+        }))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+struct FilesSink {
+    cx: SinkContext,
+    archive: Archive,
+    dir: PathBuf,
+    flush_interval: Duration,
+    max_buffered: usize,
 }
 
 struct State {
@@ -65,18 +183,39 @@ struct State {
     failures: u32,
 }
 
-/// Runs the sink until every sender is gone, then flushes and seals.
-pub async fn run(ctx: SinkContext, archive: Archive, opts: FilesOptions, mut rx: mpsc::Receiver<Delivery>) {
-    tracing::info!(sink = %ctx.name, dir = %opts.dir.display(), "archiving records");
-    let mut st = State {
-        archive: Some(archive),
-        acks: Vec::new(),
-        counted: Vec::new(),
-        oldest: None,
-        failures: 0,
-    };
-    retention(&ctx, &mut st).await;
-    let mut tick = tokio::time::interval(opts.flush_interval);
+#[async_trait]
+impl Sink for FilesSink {
+    async fn run(self: Box<Self>, rx: mpsc::Receiver<Delivery>) {
+        let FilesSink {
+            cx,
+            archive,
+            dir,
+            flush_interval,
+            max_buffered,
+        } = *self;
+        tracing::info!(sink = %cx.name, dir = %dir.display(), "archiving records");
+        let mut st = State {
+            archive: Some(archive),
+            acks: Vec::new(),
+            counted: Vec::new(),
+            oldest: None,
+            failures: 0,
+        };
+        run(&cx, &mut st, flush_interval, max_buffered, rx).await;
+        seal(&cx, &mut st).await;
+    }
+}
+
+/// Runs until every sender is gone, then delivers what is buffered.
+async fn run(
+    ctx: &SinkContext,
+    st: &mut State,
+    flush_interval: Duration,
+    max_buffered: usize,
+    mut rx: mpsc::Receiver<Delivery>,
+) {
+    retention(ctx, st).await;
+    let mut tick = tokio::time::interval(flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_retention = Instant::now();
     let mut last_input = Instant::now();
@@ -85,20 +224,20 @@ pub async fn run(ctx: SinkContext, archive: Archive, opts: FilesOptions, mut rx:
         tokio::select! {
             d = rx.recv() => match d {
                 Some(d) => {
-                    append(&ctx, &mut st, d).await;
+                    append(ctx, st, d).await;
                     let buffered = st.archive.as_ref().map_or(0, Archive::buffered_bytes);
-                    if buffered >= opts.max_buffered {
-                        flush(&ctx, &mut st).await;
+                    if buffered >= max_buffered {
+                        flush(ctx, st).await;
                     }
                     last_input = Instant::now();
                 }
                 None => break,
             },
-            () = sleep_opt(idle_left) => flush(&ctx, &mut st).await,
+            () = sleep_opt(idle_left) => flush(ctx, st).await,
             _ = tick.tick() => {
-                flush(&ctx, &mut st).await;
+                flush(ctx, st).await;
                 if last_retention.elapsed() >= Duration::from_secs(3600) {
-                    retention(&ctx, &mut st).await;
+                    retention(ctx, st).await;
                     last_retention = Instant::now();
                 }
             }
@@ -106,21 +245,23 @@ pub async fn run(ctx: SinkContext, archive: Archive, opts: FilesOptions, mut rx:
     }
     // Deliver what is buffered, retrying for as long as the shutdown deadline allows.
     while !st.acks.is_empty() {
-        flush(&ctx, &mut st).await;
+        flush(ctx, st).await;
         if !st.acks.is_empty() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    if let Some(a) = st.archive.take() {
-        let name = ctx.name.clone();
-        let r = tokio::task::spawn_blocking(move || a.close()).await;
-        if let Ok(Err(e)) | Err(e) = r.map_err(|e| ArchiveError::Io {
-            op: "close",
-            path: PathBuf::new(),
-            source: std::io::Error::other(e),
-        }) {
-            tracing::warn!(sink = %name, error = %e, "sealing segments failed; they are repaired on the next start");
-        }
+}
+
+/// Seals the open segments.
+async fn seal(ctx: &SinkContext, st: &mut State) {
+    let Some(a) = st.archive.take() else { return };
+    let r = tokio::task::spawn_blocking(move || a.close()).await;
+    if let Ok(Err(e)) | Err(e) = r.map_err(|e| ArchiveError::Io {
+        op: "close",
+        path: PathBuf::new(),
+        source: std::io::Error::other(e),
+    }) {
+        tracing::warn!(sink = %ctx.name, error = %e, "sealing segments failed; they are repaired on the next start");
     }
 }
 
@@ -128,7 +269,7 @@ async fn append(ctx: &SinkContext, st: &mut State, d: Delivery) {
     let Delivery { records, ack, read_at } = d;
     let archive = st.archive.as_mut().expect("present between flushes");
     let today = Day::today();
-    let mut rejected: Vec<(Record, String)> = Vec::new();
+    let mut rejected: Vec<(SinkRecord, String)> = Vec::new();
     for r in records {
         let day = r.day.unwrap_or(today);
         match archive.append(r.table.name(), day.as_str(), &super::one_line(&r.raw)) {
@@ -139,19 +280,8 @@ async fn append(ctx: &SinkContext, st: &mut State, d: Delivery) {
             }
         }
     }
-    if !rejected.is_empty() {
-        let n = rejected.len() as u64;
-        let entries = rejected
-            .iter()
-            .map(|(r, why)| Entry::new(&ctx.name, &r.origin, Some(r.table.name()), why.clone(), &r.raw))
-            .collect();
-        ctx.dead_letters.put_until_ok(entries).await;
-        ctx.metrics.add(
-            "defender_dead_letters_total",
-            &[("sink", &ctx.name), ("reason", "unarchivable")],
-            n,
-        );
-    }
+    let rejected: Vec<(&SinkRecord, String)> = rejected.iter().map(|(r, why)| (r, why.clone())).collect();
+    ctx.dead_letter(&rejected, "unarchivable").await;
     st.oldest = Some(st.oldest.map_or(read_at, |t| t.min(read_at)));
     st.acks.push(ack);
 }
@@ -173,15 +303,10 @@ async fn flush(ctx: &SinkContext, st: &mut State) {
             st.failures = 0;
             let counted = std::mem::take(&mut st.counted);
             if !counted.is_empty() {
-                count_out(ctx, counted.iter().map(|(t, n)| (t, *n)));
+                ctx.count_out(counted.iter().map(|(t, n)| (t, *n)));
             }
             if let Some(t) = st.oldest.take() {
-                ctx.metrics.observe(
-                    "defender_delivery_seconds",
-                    &[("sink", &ctx.name)],
-                    t.elapsed().as_secs_f64(),
-                    counted.len() as u64,
-                );
+                ctx.delivered_after(t, counted.len() as u64);
             }
             for a in st.acks.drain(..) {
                 a.ack();
@@ -189,8 +314,7 @@ async fn flush(ctx: &SinkContext, st: &mut State) {
         }
         Err(e) => {
             st.failures += 1;
-            ctx.metrics
-                .add("defender_retries_total", &[("sink", &ctx.name), ("reason", "io")], 1);
+            ctx.metrics.add(&RETRIES, [&ctx.name, "io"], 1);
             tracing::error!(sink = %ctx.name, error = %e, attempt = st.failures, "archive flush failed; records stay buffered and are retried");
             // Back off a little so a full disk does not spin.
             tokio::time::sleep(Duration::from_millis(200 * u64::from(st.failures.min(10)))).await;

@@ -8,109 +8,210 @@
 //! dead-letter store with the intake's reason; 401 and 403 refuse the key, so the whole request is
 //! dead-lettered at once. Events over the intake's size limit never leave.
 
+use std::any::Any;
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use defender_eventhub::Secret;
+use serde::Deserialize;
+use serde_with::serde_as;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
+use url::Url;
 
-use super::{IDLE, SinkContext, count_out, sleep_opt};
-use crate::deadletter::Entry;
-use crate::delivery::{Ack, Delivery, Record};
+use super::{IDLE, Sink, SinkConfig, SinkContext, sleep_opt};
+use crate::config::{Flag, FromText, Invalid, Num, SecretText, Span, Text};
+use crate::delivery::{Ack, Delivery, SinkRecord};
+use crate::metrics::families::RETRIES;
+use crate::table_filter::TablesConfig;
 
 /// The intake refuses single events above this size.
 pub const MAX_EVENT_BYTES: usize = 250 * 1024;
 
-/// Settings of a `sekoia` sink.
-#[derive(Debug, Clone)]
-pub struct SekoiaOptions {
-    /// `{base}/batch`.
-    pub batch_url: url::Url,
+/// Where records go when a `sekoia` sink gives no `url`.
+pub const DEFAULT_URL: &str = "https://intake.sekoia.io";
+
+/// `kind = "sekoia"`.
+#[serde_as]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SekoiaConfig {
+    /// Name in logs, metrics and dead letters (default `sekoia`).
+    #[serde(default)]
+    #[serde_as(as = "Option<Text>")]
+    pub name: Option<String>,
+    /// Intake base URL; `/batch` is appended. Other regions:
+    /// `https://app.<region>.sekoia.io/api/v1/intake-http`.
+    #[serde(default = "SekoiaConfig::default_url")]
+    #[serde_as(as = "FromText")]
+    pub url: Url,
     /// The intake key.
+    #[serde_as(as = "SecretText")]
     pub intake_key: Secret,
+    /// Tables to send (default: all).
+    #[serde(default)]
+    pub tables: TablesConfig,
     /// Events per request.
+    #[serde(default = "SekoiaConfig::default_batch_events")]
+    #[serde_as(as = "Num")]
     pub batch_events: usize,
-    /// Uncompressed bytes of events per request.
-    pub batch_bytes: usize,
-    /// How long a partly filled request waits for more.
+    /// Uncompressed bytes per request (default 4 MiB, at most a quarter of the in-flight
+    /// budget; the intake takes at most 10 MiB).
+    #[serde(default)]
+    #[serde_as(as = "Option<Num>")]
+    pub batch_bytes: Option<usize>,
+    /// How long a partly filled request waits for more events.
+    #[serde(default = "SekoiaConfig::default_linger")]
+    #[serde_as(as = "Span")]
     pub linger: Duration,
-    /// Requests in flight.
+    /// Requests in flight at once.
+    #[serde(default = "SekoiaConfig::default_concurrency")]
+    #[serde_as(as = "Num")]
     pub concurrency: usize,
     /// Per-request timeout.
+    #[serde(default = "SekoiaConfig::default_timeout")]
+    #[serde_as(as = "Span")]
     pub timeout: Duration,
-    /// Gzip bodies.
+    /// Gzip request bodies.
+    #[serde(default = "SekoiaConfig::default_gzip")]
+    #[serde_as(as = "Flag")]
     pub gzip: bool,
     /// Longest wait between retries.
+    #[serde(default = "SekoiaConfig::default_max_backoff")]
+    #[serde_as(as = "Span")]
     pub max_backoff: Duration,
-    /// Skip TLS certificate checks (tests only).
-    pub accept_invalid_certs: bool,
+    /// Accept invalid TLS certificates. Only for testing; logged loudly.
+    #[serde(default)]
+    #[serde_as(as = "Flag")]
+    pub danger_accept_invalid_certs: bool,
 }
 
-impl SekoiaOptions {
-    /// Defaults for everything but where and which key.
-    pub fn new(base_url: &str, intake_key: Secret) -> Result<SekoiaOptions, url::ParseError> {
-        Ok(SekoiaOptions {
-            batch_url: batch_url(base_url)?,
+impl SekoiaConfig {
+    /// A sink to `url` with `intake_key` and the defaults.
+    pub fn new(url: Url, intake_key: Secret) -> Self {
+        Self {
+            name: None,
+            url,
             intake_key,
-            batch_events: 1000,
-            batch_bytes: 4 * 1024 * 1024,
-            linger: Duration::from_millis(200),
-            concurrency: 4,
-            timeout: Duration::from_secs(30),
+            tables: TablesConfig::default(),
+            batch_events: Self::default_batch_events(),
+            batch_bytes: None,
+            linger: Self::default_linger(),
+            concurrency: Self::default_concurrency(),
+            timeout: Self::default_timeout(),
             gzip: true,
-            max_backoff: Duration::from_secs(60),
-            accept_invalid_certs: false,
-        })
+            max_backoff: Self::default_max_backoff(),
+            danger_accept_invalid_certs: false,
+        }
+    }
+    /// `https://intake.sekoia.io`.
+    pub fn default_url() -> Url {
+        Url::parse(DEFAULT_URL).expect("a valid URL")
+    }
+    /// 1000.
+    pub const fn default_batch_events() -> usize {
+        1000
+    }
+    /// 200 ms.
+    pub const fn default_linger() -> Duration {
+        Duration::from_millis(200)
+    }
+    /// 4.
+    pub const fn default_concurrency() -> usize {
+        4
+    }
+    /// 30 s.
+    pub const fn default_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    const fn default_gzip() -> bool {
+        true
+    }
+    /// 60 s.
+    pub const fn default_max_backoff() -> Duration {
+        Duration::from_secs(60)
     }
 }
 
-/// Settings from a checked `[[sinks]] kind = "sekoia"` entry.
-pub fn options(c: &crate::config::SekoiaSink) -> Result<SekoiaOptions, String> {
-    let url = c.url.as_deref().unwrap_or(crate::config::DEFAULT_SEKOIA_URL);
-    let mut o = SekoiaOptions::new(url, c.intake_key.0.clone()).map_err(|e| format!("url `{url}`: {e}"))?;
-    let size = |n: crate::config::Num| usize::try_from(n.0).unwrap_or(usize::MAX);
-    if let Some(n) = c.batch_events {
-        o.batch_events = size(n);
+#[async_trait]
+impl SinkConfig for SekoiaConfig {
+    fn kind(&self) -> &'static str {
+        "sekoia"
     }
-    if let Some(n) = c.batch_bytes {
-        o.batch_bytes = size(n);
+
+    fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("sekoia")
     }
-    if let Some(s) = c.linger {
-        o.linger = s.0;
+
+    fn tables(&self) -> &TablesConfig {
+        &self.tables
     }
-    if let Some(n) = c.concurrency {
-        o.concurrency = size(n);
+
+    fn check(&self) -> Result<(), Invalid> {
+        if !matches!(self.url.scheme(), "http" | "https") {
+            return Err(Invalid::new("url", "must be http:// or https://"));
+        }
+        if self.batch_bytes.is_some_and(|n| n > 9 * 1024 * 1024) {
+            return Err(Invalid::new(
+                "batch_bytes",
+                "the intake refuses requests over 10 MiB; keep batches at most 9 MiB",
+            ));
+        }
+        for (key, n) in [("batch_events", self.batch_events), ("concurrency", self.concurrency)] {
+            if n == 0 {
+                return Err(Invalid::new(key, "must be at least 1"));
+            }
+        }
+        Ok(())
     }
-    if let Some(s) = c.timeout {
-        o.timeout = s.0;
+
+    async fn build(&self, cx: &SinkContext) -> Result<Box<dyn Sink>, String> {
+        if self.danger_accept_invalid_certs {
+            tracing::warn!(sink = %cx.name, "TLS certificate verification is OFF for this sink (danger_accept_invalid_certs)");
+        }
+        let client = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .pool_max_idle_per_host(self.concurrency)
+            .tls_danger_accept_invalid_certs(self.danger_accept_invalid_certs)
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let mut prefix = b"{\"intake_key\":".to_vec();
+        serde_json::to_writer(&mut prefix, self.intake_key.expose()).expect("a string serialises");
+        prefix.extend_from_slice(b",\"jsons\":[");
+        // Requests that fit the budget a few times over keep every slot busy.
+        let batch_bytes = self
+            .batch_bytes
+            .unwrap_or_else(|| (4 * 1024 * 1024).min((cx.in_flight_bytes / 4).max(256 * 1024)));
+        Ok(Box::new(SekoiaSink(Arc::new(Shared {
+            ctx: cx.clone(),
+            client,
+            batch_url: batch_url(self.url.as_str()).map_err(|e| format!("url: {e}"))?,
+            batch_bytes,
+            config: self.clone(),
+            prefix,
+        }))))
     }
-    if let Some(f) = c.gzip {
-        o.gzip = f.0;
+
+    fn as_any(&self) -> &dyn Any {
+        self
     }
-    if let Some(s) = c.max_backoff {
-        o.max_backoff = s.0;
-    }
-    if let Some(f) = c.danger_accept_invalid_certs {
-        o.accept_invalid_certs = f.0;
-    }
-    Ok(o)
 }
 
 /// `https://intake.sekoia.io` -> `https://intake.sekoia.io/batch`;
 /// `https://app.<region>.sekoia.io/api/v1/intake-http` -> `.../api/v1/intake-http/batch`.
-pub fn batch_url(base: &str) -> Result<url::Url, url::ParseError> {
+pub fn batch_url(base: &str) -> Result<Url, url::ParseError> {
     let base = base.trim().trim_end_matches('/');
     let base = base.strip_suffix("/batch").unwrap_or(base);
-    url::Url::parse(&format!("{base}/batch"))
+    Url::parse(&format!("{base}/batch"))
 }
 
 /// A request being filled.
 #[derive(Default)]
 struct Pending {
-    records: Vec<Record>,
+    records: Vec<SinkRecord>,
     acks: Vec<Ack>,
     bytes: usize,
     oldest: Option<Instant>,
@@ -120,69 +221,53 @@ struct Pending {
 struct Shared {
     ctx: SinkContext,
     client: reqwest::Client,
-    opts: SekoiaOptions,
+    config: SekoiaConfig,
+    batch_url: Url,
+    batch_bytes: usize,
     /// `{"intake_key":"...","jsons":[` with the key JSON-escaped.
     prefix: Vec<u8>,
 }
 
-/// Runs the sink until every sender is gone and everything is delivered.
-pub async fn run(ctx: SinkContext, opts: SekoiaOptions, mut rx: mpsc::Receiver<Delivery>) {
-    if opts.accept_invalid_certs {
-        tracing::warn!(sink = %ctx.name, "TLS certificate verification is OFF for this sink (danger_accept_invalid_certs)");
-    }
-    let client = match reqwest::Client::builder()
-        .timeout(opts.timeout)
-        .pool_max_idle_per_host(opts.concurrency)
-        .tls_danger_accept_invalid_certs(opts.accept_invalid_certs)
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(sink = %ctx.name, error = %e, "cannot build the HTTP client; this sink delivers nothing");
-            return;
-        }
-    };
-    let mut prefix = b"{\"intake_key\":".to_vec();
-    serde_json::to_writer(&mut prefix, opts.intake_key.expose()).expect("a string serialises");
-    prefix.extend_from_slice(b",\"jsons\":[");
-    let shared = Arc::new(Shared {
-        ctx,
-        client,
-        opts,
-        prefix,
-    });
-    let slots = Arc::new(Semaphore::new(shared.opts.concurrency));
-    let mut tasks = JoinSet::new();
-    let mut pending = Pending::default();
-    let mut open = true;
-    let mut last_input = Instant::now();
-    while open || !pending.records.is_empty() {
-        let linger_left = pending.since.map(|t| {
-            shared
-                .opts
-                .linger
-                .saturating_sub(t.elapsed())
-                .min(IDLE.saturating_sub(last_input.elapsed()))
-        });
-        tokio::select! {
-            d = rx.recv(), if open => match d {
-                Some(d) => {
-                    add(&shared, &mut pending, d, &slots, &mut tasks).await;
-                    last_input = Instant::now();
+struct SekoiaSink(Arc<Shared>);
+
+#[async_trait]
+impl Sink for SekoiaSink {
+    /// Runs until every sender is gone and everything is delivered.
+    async fn run(self: Box<Self>, mut rx: mpsc::Receiver<Delivery>) {
+        let shared = self.0;
+        let slots = Arc::new(Semaphore::new(shared.config.concurrency));
+        let mut tasks = JoinSet::new();
+        let mut pending = Pending::default();
+        let mut open = true;
+        let mut last_input = Instant::now();
+        while open || !pending.records.is_empty() {
+            let linger_left = pending.since.map(|t| {
+                shared
+                    .config
+                    .linger
+                    .saturating_sub(t.elapsed())
+                    .min(IDLE.saturating_sub(last_input.elapsed()))
+            });
+            tokio::select! {
+                d = rx.recv(), if open => match d {
+                    Some(d) => {
+                        add(&shared, &mut pending, d, &slots, &mut tasks).await;
+                        last_input = Instant::now();
+                    }
+                    None => open = false,
+                },
+                () = sleep_opt(linger_left) => {
+                    send(&shared, &mut pending, &slots, &mut tasks).await;
                 }
-                None => open = false,
-            },
-            () = sleep_opt(linger_left) => {
+                Some(r) = tasks.join_next(), if !tasks.is_empty() => log_join(r),
+            }
+            if !open {
                 send(&shared, &mut pending, &slots, &mut tasks).await;
             }
-            Some(r) = tasks.join_next(), if !tasks.is_empty() => log_join(r),
         }
-        if !open {
-            send(&shared, &mut pending, &slots, &mut tasks).await;
+        while let Some(r) = tasks.join_next().await {
+            log_join(r);
         }
-    }
-    while let Some(r) = tasks.join_next().await {
-        log_join(r);
     }
 }
 
@@ -210,7 +295,7 @@ async fn add(
         // JSON string escaping grows a record a little; count it roughly.
         let cost = r.raw.len() + r.raw.len() / 16 + 3;
         if !pending.records.is_empty()
-            && (pending.records.len() >= shared.opts.batch_events || pending.bytes + cost > shared.opts.batch_bytes)
+            && (pending.records.len() >= shared.config.batch_events || pending.bytes + cost > shared.batch_bytes)
         {
             send(shared, pending, slots, tasks).await;
             holds_ack = false;
@@ -224,10 +309,8 @@ async fn add(
         pending.oldest = Some(pending.oldest.map_or(read_at, |t| t.min(read_at)));
         pending.since.get_or_insert_with(Instant::now);
     }
-    if !oversized.is_empty() {
-        let reason = format!("event larger than the intake's limit of {MAX_EVENT_BYTES} bytes");
-        dead_letter(&shared.ctx, &oversized, &reason, "too_large").await;
-    }
+    let reason = format!("event larger than the intake's limit of {MAX_EVENT_BYTES} bytes");
+    dead_letter(&shared.ctx, &oversized, &reason, "too_large").await;
     ack.ack();
 }
 
@@ -247,7 +330,7 @@ async fn send(shared: &Arc<Shared>, pending: &mut Pending, slots: &Arc<Semaphore
 }
 
 /// What the intake said about one request.
-enum Outcome {
+enum Answer {
     Accepted {
         ids: Vec<Option<String>>,
     },
@@ -264,91 +347,30 @@ enum Outcome {
 
 /// Delivers `records` (as one request or, when refused, as smaller ones) until every record is
 /// accepted or dead-lettered.
-async fn deliver(shared: &Shared, records: Vec<Record>, oldest: Option<Instant>) {
+async fn deliver(shared: &Shared, records: Vec<SinkRecord>, oldest: Option<Instant>) {
     let mut stack = vec![records];
     while let Some(records) = stack.pop() {
         let body = encode(shared, &records);
         let mut attempt = 0u32;
         loop {
             match post(shared, body.clone()).await {
-                Outcome::Accepted { ids } => {
-                    let refused: Vec<Record> = if ids.len() == records.len() {
-                        records
-                            .iter()
-                            .zip(&ids)
-                            .filter(|(_, id)| id.is_none())
-                            .map(|(r, _)| r.clone())
-                            .collect()
-                    } else {
-                        tracing::warn!(
-                            sink = %shared.ctx.name,
-                            sent = records.len(),
-                            ids = ids.len(),
-                            "the intake answered a different number of event ids than events sent; counting all as accepted"
-                        );
-                        Vec::new()
-                    };
-                    if !refused.is_empty() {
-                        dead_letter(
-                            &shared.ctx,
-                            &refused,
-                            "the intake refused this event (no event id in its answer)",
-                            "refused_event",
-                        )
-                        .await;
-                    }
-                    count_out(
-                        &shared.ctx,
-                        records
-                            .iter()
-                            .zip(ids.iter().map(Some).chain(std::iter::repeat(None)))
-                            .filter(|(_, id)| !matches!(id, Some(None)))
-                            .map(|(r, _)| (&r.table, r.raw.len())),
-                    );
-                    if let Some(t) = oldest {
-                        shared.ctx.metrics.observe(
-                            "defender_delivery_seconds",
-                            &[("sink", &shared.ctx.name)],
-                            t.elapsed().as_secs_f64(),
-                            records.len() as u64,
-                        );
-                    }
+                Answer::Accepted { ids } => {
+                    accepted(shared, &records, &ids, oldest).await;
                     break;
                 }
-                Outcome::Retry { reason, after, detail } => {
+                Answer::Retry { reason, after, detail } => {
                     attempt += 1;
-                    shared.ctx.metrics.add(
-                        "defender_retries_total",
-                        &[("sink", &shared.ctx.name), ("reason", reason)],
-                        1,
-                    );
-                    let delay = backoff(attempt, shared.opts.max_backoff, after);
-                    let log = if attempt >= 5 {
-                        tracing::Level::ERROR
-                    } else {
-                        tracing::Level::WARN
-                    };
-                    if log == tracing::Level::ERROR {
+                    shared.ctx.metrics.add(&RETRIES, [&shared.ctx.name, reason], 1);
+                    let delay = backoff(attempt, shared.config.max_backoff, after);
+                    if attempt >= 5 {
                         tracing::error!(sink = %shared.ctx.name, attempt, reason, %detail, retry_in = ?delay, events = records.len(), "intake delivery failing; retrying");
                     } else {
                         tracing::warn!(sink = %shared.ctx.name, attempt, reason, %detail, retry_in = ?delay, events = records.len(), "intake delivery failed; retrying");
                     }
                     tokio::time::sleep(delay).await;
                 }
-                Outcome::Refused { status, detail } => {
-                    // 401/403 refuse the key, not an event: splitting would only repeat it.
-                    if records.len() > 1 && !matches!(status, 401 | 403) {
-                        // Find the refused events: split and send the halves on their own.
-                        tracing::warn!(sink = %shared.ctx.name, status, %detail, events = records.len(), "intake refused a request; splitting it");
-                        let mut left = records;
-                        let right = left.split_off(left.len() / 2);
-                        stack.push(right);
-                        stack.push(left);
-                    } else {
-                        tracing::error!(sink = %shared.ctx.name, status, %detail, events = records.len(), "intake refused; dead-lettered");
-                        let reason = format!("intake answered HTTP {status}: {detail}");
-                        dead_letter(&shared.ctx, &records, &reason, &format!("http_{status}")).await;
-                    }
+                Answer::Refused { status, detail } => {
+                    refused(shared, records, status, &detail, &mut stack).await;
                     break;
                 }
             }
@@ -356,14 +378,73 @@ async fn deliver(shared: &Shared, records: Vec<Record>, oldest: Option<Instant>)
     }
 }
 
+/// Counts what the intake took and dead-letters the events its answer gave no id.
+async fn accepted(shared: &Shared, records: &[SinkRecord], ids: &[Option<String>], oldest: Option<Instant>) {
+    let refused: Vec<SinkRecord> = if ids.len() == records.len() {
+        records
+            .iter()
+            .zip(ids)
+            .filter(|(_, id)| id.is_none())
+            .map(|(r, _)| r.clone())
+            .collect()
+    } else {
+        tracing::warn!(
+            sink = %shared.ctx.name,
+            sent = records.len(),
+            ids = ids.len(),
+            "the intake answered a different number of event ids than events sent; counting all as accepted"
+        );
+        Vec::new()
+    };
+    dead_letter(
+        &shared.ctx,
+        &refused,
+        "the intake refused this event (no event id in its answer)",
+        "refused_event",
+    )
+    .await;
+    shared.ctx.count_out(
+        records
+            .iter()
+            .zip(ids.iter().map(Some).chain(std::iter::repeat(None)))
+            .filter(|(_, id)| !matches!(id, Some(None)))
+            .map(|(r, _)| (&r.table, r.raw.len())),
+    );
+    if let Some(t) = oldest {
+        shared.ctx.delivered_after(t, records.len() as u64);
+    }
+}
+
+/// A refused request: split to find the refused events, or dead-letter a single one (or all of
+/// them when the key itself was refused: splitting would only repeat it).
+async fn refused(
+    shared: &Shared,
+    records: Vec<SinkRecord>,
+    status: u16,
+    detail: &str,
+    stack: &mut Vec<Vec<SinkRecord>>,
+) {
+    if records.len() > 1 && !matches!(status, 401 | 403) {
+        tracing::warn!(sink = %shared.ctx.name, status, %detail, events = records.len(), "intake refused a request; splitting it");
+        let mut left = records;
+        let right = left.split_off(left.len() / 2);
+        stack.push(right);
+        stack.push(left);
+    } else {
+        tracing::error!(sink = %shared.ctx.name, status, %detail, events = records.len(), "intake refused; dead-lettered");
+        let reason = format!("intake answered HTTP {status}: {detail}");
+        dead_letter(&shared.ctx, &records, &reason, &format!("http_{status}")).await;
+    }
+}
+
 /// The request body. With gzip the JSON is compressed a chunk at a time, so a request never holds
 /// its whole uncompressed text.
-fn encode(shared: &Shared, records: &[Record]) -> Bytes {
+fn encode(shared: &Shared, records: &[SinkRecord]) -> Bytes {
     const CHUNK: usize = 128 * 1024;
     let raw_len: usize = records.iter().map(|r| r.raw.len() + 3).sum();
     let estimate = shared.prefix.len() + raw_len + raw_len / 8 + 2;
     let mut gz = shared
-        .opts
+        .config
         .gzip
         .then(|| flate2::write::GzEncoder::new(Vec::with_capacity(estimate / 8), flate2::Compression::fast()));
     let mut json = Vec::with_capacity(if gz.is_some() {
@@ -394,20 +475,20 @@ fn encode(shared: &Shared, records: &[Record]) -> Bytes {
     }
 }
 
-async fn post(shared: &Shared, body: Bytes) -> Outcome {
+async fn post(shared: &Shared, body: Bytes) -> Answer {
     let mut req = shared
         .client
-        .post(shared.opts.batch_url.clone())
+        .post(shared.batch_url.clone())
         .header("Content-Type", "application/json")
         .body(body);
-    if shared.opts.gzip {
+    if shared.config.gzip {
         req = req.header("Content-Encoding", "gzip");
     }
     let resp = match req.send().await {
         Ok(r) => r,
         Err(e) => {
             let reason = if e.is_timeout() { "timeout" } else { "connection" };
-            return Outcome::Retry {
+            return Answer::Retry {
                 reason,
                 after: None,
                 detail: crate::error_chain(&e),
@@ -423,7 +504,7 @@ async fn post(shared: &Shared, body: Bytes) -> Outcome {
     let text = match resp.text().await {
         Ok(t) => t,
         Err(e) => {
-            return Outcome::Retry {
+            return Answer::Retry {
                 reason: if e.is_timeout() { "timeout" } else { "connection" },
                 after: None,
                 detail: crate::error_chain(&e),
@@ -433,22 +514,22 @@ async fn post(shared: &Shared, body: Bytes) -> Outcome {
     match status {
         200..=299 => {
             #[derive(serde::Deserialize)]
-            struct Answer {
+            struct Ids {
                 #[serde(default)]
                 event_ids: Vec<Option<String>>,
             }
-            match serde_json::from_str::<Answer>(&text) {
-                Ok(a) => Outcome::Accepted { ids: a.event_ids },
+            match serde_json::from_str::<Ids>(&text) {
+                Ok(a) => Answer::Accepted { ids: a.event_ids },
                 // Accepted, but the answer says nothing per event.
-                Err(_) => Outcome::Accepted { ids: Vec::new() },
+                Err(_) => Answer::Accepted { ids: Vec::new() },
             }
         }
-        408 | 425 | 429 | 500..=599 => Outcome::Retry {
+        408 | 425 | 429 | 500..=599 => Answer::Retry {
             reason: if status == 429 { "throttled" } else { "server_error" },
             after,
             detail: format!("HTTP {status}: {}", snippet(&text)),
         },
-        _ => Outcome::Refused {
+        _ => Answer::Refused {
             status,
             detail: snippet(&text),
         },
@@ -484,18 +565,9 @@ fn backoff(attempt: u32, max: Duration, retry_after: Option<Duration>) -> Durati
     }
 }
 
-async fn dead_letter(ctx: &SinkContext, records: &[Record], reason: &str, kind: &str) {
-    let entries = records
-        .iter()
-        .map(|r| Entry::new(&ctx.name, &r.origin, Some(r.table.name()), reason, &r.raw))
-        .collect::<Vec<_>>();
-    let n = entries.len() as u64;
-    ctx.dead_letters.put_until_ok(entries).await;
-    ctx.metrics.add(
-        "defender_dead_letters_total",
-        &[("sink", &ctx.name), ("reason", kind)],
-        n,
-    );
+async fn dead_letter(ctx: &SinkContext, records: &[SinkRecord], reason: &str, kind: &str) {
+    let entries: Vec<(&SinkRecord, String)> = records.iter().map(|r| (r, reason.to_owned())).collect();
+    ctx.dead_letter(&entries, kind).await;
 }
 
 #[cfg(test)]

@@ -1,297 +1,240 @@
-//! Sources, and the router every source feeds: split message bodies into records, route each
-//! record to the sinks that take its table, and register the unit with the source's tracker.
+//! Sources: what is read. A kind is one module holding its config struct (serde, defaults beside
+//! the fields), its [`SourceConfig`] impl that starts it, and its docs; the pipeline knows the
+//! kinds only through [`KINDS`].
+//!
+//! # What a source does
+//!
+//! - Shares what it reads (partitions, containers) among instances through the checkpoint store
+//!   with one [`Leases`](defender_eventhub::lease::Leases) engine per set of leased things, as
+//!   [`SourceContext::owner_id`].
+//! - Hands [`Unit`](crate::router::Unit)s to a [`Router`](crate::router::Router) per task: bodies
+//!   plus the position to checkpoint once they are delivered; a tracker per source
+//!   ([`crate::tracker`]) turns acknowledged units into checkpoints, and its committer refuses a
+//!   position read under a lease that is gone.
+//! - Reports where each leased thing stands ([`SourceStatus`]) for `/metrics`, `/readyz`, the
+//!   stop summary and `--exit-when-idle`.
+//!
+//! # The shutdown order a source follows once [`SourceContext::stop`] fires
+//!
+//! 1. stop reading new data, but keep renewing its leases;
+//! 2. route what it already read;
+//! 3. drop its routers, then await its tracker: it ends once every unit is acknowledged (or its
+//!    ack dropped) and writes the last checkpoints while the leases are still held;
+//! 4. release its leases, so that another instance takes over at once;
+//! 5. end its task.
 
 pub mod eventhub;
 pub mod storage;
 
-use std::collections::HashMap;
+use std::any::Any;
+use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::Duration;
 
-use bytes::Bytes;
-use defender_schema::{RecordRef, parse_record, split_body};
-use tokio::sync::{Semaphore, mpsc};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use defender_eventhub::lease::{Holder, LeaseStatus};
+use serde::Deserialize;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-use crate::deadletter::{DeadLetters, Entry};
-use crate::delivery::{Day, Delivery, Origin, Record, TableId};
-use crate::metrics::Metrics;
-use crate::route::Route;
-use crate::tracker::TrackerHandle;
+use crate::checkpoints::Store;
+use crate::config::{Invalid, Kind};
+use crate::router::RouterShared;
 
-/// The dead-letter "sink" name for what no sink could be chosen for (a broken body or record).
-pub const FORWARDER: &str = "forwarder";
+/// Every source kind: `kind = "..."` in a `[[sources]]` entry. Adding a kind is adding its module
+/// and one line here.
+pub static KINDS: &[Kind<dyn SourceConfig>] = &[
+    Kind {
+        name: "eventhub",
+        parse: |d| Ok(Box::new(eventhub::EventHubConfig::deserialize(d)?)),
+    },
+    Kind {
+        name: "storage",
+        parse: |d| Ok(Box::new(storage::StorageConfig::deserialize(d)?)),
+    },
+];
 
-/// A sink as the router feeds it.
+/// A configured source of some kind.
+#[async_trait]
+pub trait SourceConfig: fmt::Debug + Send + Sync + 'static {
+    /// Its `kind`.
+    fn kind(&self) -> &'static str;
+    /// Its name in logs, metrics and dead letters (the configured `name`, else the kind).
+    fn name(&self) -> &str;
+    /// What the types alone cannot check (fields named relative to the entry).
+    fn check(&self) -> Result<(), Invalid> {
+        Ok(())
+    }
+    /// Starts reading; fails when the source cannot start at all (no account, bad credential).
+    async fn start(&self, cx: SourceContext) -> Result<RunningSource, String>;
+    /// The same source reading only the range, for `defender backfill`; `None` when this kind
+    /// cannot read the past by time.
+    fn backfill(&self, _range: &Backfill) -> Option<Box<dyn SourceConfig>> {
+        None
+    }
+    /// For code that needs the concrete kind (tests, tools).
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A past range to read once (`defender backfill`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backfill {
+    /// From this time (what holds it).
+    pub from: DateTime<Utc>,
+    /// Up to this time, exclusive.
+    pub to: DateTime<Utc>,
+    /// Only these tables (`None`: the source's).
+    pub tables: Option<Vec<defender_schema::Table>>,
+}
+
+/// What every source gets besides its own settings.
 #[derive(Debug, Clone)]
-pub struct SinkPort {
-    /// Its name.
+pub struct SourceContext {
+    /// The source's name.
     pub name: Arc<str>,
-    /// Which tables it takes.
-    pub route: Route,
-    /// Its queue.
-    pub tx: mpsc::Sender<Delivery>,
+    /// The checkpoint store (ownership records too).
+    pub store: Arc<Store>,
+    /// What its routers share: sinks, budget, dead letters, metrics.
+    pub router: RouterShared,
+    /// How often delivered positions are checkpointed.
+    pub checkpoint_interval: Duration,
+    /// This instance's stable identity, unless the source names its own.
+    pub owner_id: String,
+    /// Fires to stop reading (then the source drains, checkpoints, releases and ends).
+    pub stop: CancellationToken,
 }
 
-/// Message bodies read together from one stream, ending at `position`.
-#[derive(Debug)]
-pub struct Unit<P> {
-    /// The stream (partition) key, as the tracker knows it.
-    pub stream: String,
-    /// Where the stream is once this unit is delivered.
-    pub position: P,
-    /// The bodies with where each came from.
-    pub bodies: Vec<(Bytes, Arc<Origin>)>,
-    /// How the bodies hold records.
-    pub framing: Framing,
-}
-
-/// How a unit's bodies hold records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// Event Hub message bodies: `{"records": [...]}` envelopes.
-    Envelopes,
-    /// Complete lines of one record each (the Storage export); each body's `Origin::offset` is
-    /// its byte offset in the blob, from which every line's own offset is counted.
-    Lines,
-}
-
-/// What every router of the pipeline shares.
-#[derive(Debug, Clone)]
-pub struct RouterShared {
-    /// The sinks.
-    pub sinks: Vec<SinkPort>,
-    /// In-flight budget in KiB of message bodies.
-    pub memory: Arc<Semaphore>,
-    /// Its size.
-    pub memory_kib: u32,
-    /// Dead letters.
-    pub dead_letters: DeadLetters,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Decode every record and count type drift.
-    pub check_records: bool,
-    /// Milliseconds since start of the last unit routed (for `--exit-when-idle`).
-    pub last_activity: Arc<AtomicU64>,
-    /// When the pipeline started.
-    pub started: Instant,
-}
-
-/// Routes the units of one source.
-#[derive(Debug)]
-pub struct Router<P> {
-    source: Arc<str>,
-    shared: RouterShared,
-    tracker: TrackerHandle<P>,
-    unknown: HashMap<String, Arc<str>>,
-}
-
-impl<P: Send + 'static> Router<P> {
-    /// A router for `source`.
-    pub fn new(source: Arc<str>, shared: RouterShared, tracker: TrackerHandle<P>) -> Self {
-        Router {
-            source,
-            shared,
-            tracker,
-            unknown: HashMap::new(),
-        }
-    }
-
-    /// Routes one unit: waits for in-flight budget, splits, hands records to sinks (waiting while
-    /// their queues are full), dead-letters what is broken.
-    pub async fn route(&mut self, unit: Unit<P>) {
-        let read_at = Instant::now();
-        let bytes: usize = unit.bodies.iter().map(|(b, _)| b.len()).sum();
-        let kib = u32::try_from(bytes.div_ceil(1024))
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.shared.memory_kib);
-        let permit = self
-            .shared
-            .memory
-            .clone()
-            .acquire_many_owned(kib)
-            .await
-            .expect("the budget is never closed");
-        self.touch();
-        let ack = self.tracker.register(&unit.stream, unit.position, Some(permit));
-        let m = &*self.shared.metrics.clone();
-        m.add(
-            "defender_events_in_total",
-            &[("source", &self.source)],
-            unit.bodies.len() as u64,
-        );
-        m.add("defender_bytes_in_total", &[("source", &self.source)], bytes as u64);
-
-        let mut out = Routed {
-            per_sink: vec![Vec::new(); self.shared.sinks.len()],
-            dead: Vec::new(),
-            per_table: Vec::new(),
-        };
-        match unit.framing {
-            Framing::Envelopes => {
-                for (body, origin) in &unit.bodies {
-                    match split_body(body) {
-                        Err(e) => out.dead.push(Entry::new(FORWARDER, origin, None, e.to_string(), body)),
-                        Ok(records) => {
-                            for r in records {
-                                match r {
-                                    Ok(r) => self.push(&mut out, body, &r, origin),
-                                    Err(bad) => {
-                                        let reason = format!("record {} of the message: {}", bad.index, bad.error);
-                                        out.dead
-                                            .push(Entry::new(FORWARDER, origin, None, reason, bad.raw.as_bytes()));
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            Framing::Lines => {
-                for (body, origin) in &unit.bodies {
-                    self.route_lines(&mut out, body, origin);
-                }
-            }
-        }
-        let Routed {
-            per_sink,
-            dead,
-            per_table,
-        } = out;
-        for (table, n) in per_table {
-            m.add(
-                "defender_records_in_total",
-                &[("source", &self.source), ("table", table.name())],
-                n,
-            );
-        }
-        if !dead.is_empty() {
-            let n = dead.len() as u64;
-            tracing::warn!(source = %self.source, stream = %unit.stream, count = n, reason = %dead[0].reason, "dead-lettering what is not a Defender record");
-            self.shared.dead_letters.put_until_ok(dead).await;
-            m.add("defender_invalid_records_total", &[("source", &self.source)], n);
-            m.add(
-                "defender_dead_letters_total",
-                &[("sink", FORWARDER), ("reason", "invalid")],
-                n,
-            );
-        }
-        for (records, sink) in per_sink.into_iter().zip(&self.shared.sinks) {
-            if records.is_empty() {
-                continue;
-            }
-            let delivery = Delivery {
-                records,
-                ack: ack.clone(),
-                read_at,
-            };
-            if let Err(mpsc::error::SendError(d)) = sink.tx.send(delivery).await {
-                // The sink stopped (its output closed): the unit stays undelivered.
-                tracing::error!(sink = %sink.name, "sink is gone; its records stay unacknowledged");
-                drop(d);
-            }
-        }
-        ack.ack();
-        self.touch();
-    }
-
-    /// One good record: counted, checked, and queued for each sink that takes its table.
-    fn push(&mut self, out: &mut Routed, body: &Bytes, r: &RecordRef<'_>, origin: &Arc<Origin>) {
-        let table = match r.table() {
-            Some(t) => TableId::Known(t),
-            None => TableId::Other(self.unknown_name(r.table_name())),
-        };
-        if self.shared.check_records {
-            check(&self.shared.metrics, &table, r);
-        }
-        crate::delivery::tally(&mut out.per_table, &table);
-        let record = Record {
-            raw: body.slice_ref(r.raw().as_bytes()),
-            day: r.time().and_then(Day::of),
-            table,
-            origin: origin.clone(),
-        };
-        for (i, sink) in self.shared.sinks.iter().enumerate() {
-            if sink.route.accepts(&record.table) {
-                out.per_sink[i].push(record.clone());
-            }
-        }
-    }
-
-    /// A body of complete lines, one record each; blank lines are skipped, a line that is not a
-    /// Defender record is dead-lettered with its own byte offset.
-    fn route_lines(&mut self, out: &mut Routed, body: &Bytes, origin: &Arc<Origin>) {
-        let base = origin
-            .offset
-            .as_deref()
-            .and_then(|o| o.parse::<u64>().ok())
-            .unwrap_or(0);
-        let mut start = 0usize;
-        // memchr finds line ends a vector at a time; a byte loop would read every byte singly.
-        for end in memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len())) {
-            let line = &body[start..end];
-            let offset = base + start as u64;
-            start = end + 1;
-            let trimmed = line.trim_ascii();
-            if trimmed.is_empty() {
-                continue;
-            }
-            let at = Arc::new(Origin {
-                offset: Some(offset.to_string()),
-                ..Origin::clone(origin)
-            });
-            let parsed = std::str::from_utf8(trimmed)
-                .map_err(|e| format!("line is not UTF-8 (byte {})", e.valid_up_to()))
-                .and_then(|text| parse_record(text).map_err(|e| e.to_string()));
-            match parsed {
-                Ok(r) => self.push(out, body, &r, &at),
-                Err(reason) => {
-                    let reason = format!("line at byte {offset}: {reason}");
-                    out.dead.push(Entry::new(FORWARDER, &at, None, reason, trimmed));
-                }
-            }
-        }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.shared.last_activity.store(ms, Ordering::Relaxed);
-    }
-
-    fn unknown_name(&mut self, name: &str) -> Arc<str> {
-        if let Some(n) = self.unknown.get(name) {
-            return n.clone();
-        }
-        let n: Arc<str> = Arc::from(name);
-        if self.unknown.len() < 10_000 {
-            self.unknown.insert(name.to_owned(), n.clone());
-        }
-        n
+impl SourceContext {
+    /// The owner id to claim as (`configured`, else the instance's), kept alive in the store.
+    pub fn owner(&self, configured: Option<&str>) -> Result<String, String> {
+        let id = configured.map_or_else(|| self.owner_id.clone(), |o| o.trim().to_owned());
+        self.store.hold_owner(&id)?;
+        Ok(id)
     }
 }
 
-/// What one unit routes to: records per sink, dead letters, counts per table.
-struct Routed {
-    per_sink: Vec<Vec<Record>>,
-    dead: Vec<Entry>,
-    per_table: Vec<(TableId, u64)>,
+/// A source being read.
+pub struct RunningSource {
+    /// The task; it ends after `stop`, once what was read is delivered and checkpointed.
+    pub task: JoinHandle<()>,
+    /// Where its leased things stand.
+    pub status: Arc<dyn SourceStatus>,
 }
 
-fn check(m: &Metrics, table: &TableId, r: &defender_schema::RecordRef<'_>) {
-    match r.decode() {
-        Ok(event) => {
-            for d in event.type_drift() {
-                m.add(
-                    "defender_type_drift_total",
-                    &[("table", table.name()), ("column", d.column)],
-                    1,
-                );
-            }
-        }
-        Err(e) => m.add(
-            "defender_type_drift_total",
-            &[("table", table.name()), ("column", e.column.as_deref().unwrap_or("?"))],
-            1,
-        ),
+impl fmt::Debug for RunningSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunningSource").finish_non_exhaustive()
     }
+}
+
+/// Where a source's leased things (partitions, containers) stand.
+#[async_trait]
+pub trait SourceStatus: Send + Sync {
+    /// Each leased thing now, as far as the source knows without asking anyone (`caught_up` is
+    /// `None`). Cheap: `/readyz` calls it.
+    fn units(&self) -> Vec<UnitStatus>;
+    /// The same, and for what is held here whether it is read to its end (a hub is asked for
+    /// its last sequence numbers).
+    async fn probe(&self) -> Vec<UnitStatus>;
+}
+
+/// One leased thing of a source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitStatus {
+    /// Its id: `hub/partition`, or a container.
+    pub id: String,
+    /// Where it stands.
+    pub state: UnitState,
+}
+
+/// Where a leased thing stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnitState {
+    /// Read here. `caught_up`: everything the service holds is routed (`None`: not asked).
+    Reading {
+        /// Whether it is read to the end.
+        caught_up: Option<bool>,
+    },
+    /// Held by another instance.
+    Elsewhere {
+        /// Its owner id.
+        owner: String,
+        /// Whether that owner was seen renewing it; if not, the lease may be waiting for
+        /// `expires` (a dead owner, or one this instance has not watched long enough).
+        live: bool,
+        /// Whether that owner missed its renewals (presumed gone).
+        silent: bool,
+        /// When its lease expires unless renewed (RFC 3339).
+        expires: String,
+    },
+    /// Nobody holds it yet.
+    Unowned,
+    /// It cannot be read now (a hub that does not exist yet); it is tried again.
+    Unavailable {
+        /// Why.
+        why: String,
+    },
+}
+
+impl UnitState {
+    /// The `state` label of `defender_source_leases`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            UnitState::Reading { .. } => "owned",
+            UnitState::Elsewhere { silent: false, .. } => "other",
+            UnitState::Elsewhere { silent: true, .. } => "waiting",
+            UnitState::Unowned => "unowned",
+            UnitState::Unavailable { .. } => "unavailable",
+        }
+    }
+
+    /// Whether it has an owner that reads it (this instance, or another that has not gone
+    /// silent): `/readyz` is not ready while a leased thing has none. A missing hub has nothing
+    /// to read and does not count.
+    pub fn has_reader(&self) -> bool {
+        matches!(
+            self,
+            UnitState::Reading { .. } | UnitState::Elsewhere { silent: false, .. } | UnitState::Unavailable { .. }
+        )
+    }
+
+    /// Whether `--exit-when-idle` may consider it done: read here to the end, or read by a live
+    /// other instance (or nothing there to read).
+    pub fn is_done(&self) -> bool {
+        matches!(
+            self,
+            UnitState::Reading { caught_up: Some(true) }
+                | UnitState::Elsewhere { live: true, .. }
+                | UnitState::Unavailable { .. }
+        )
+    }
+}
+
+/// A lease engine's view as unit states, for what it does not hold; `reading` answers for what it
+/// holds.
+pub fn unit_states(leases: &[LeaseStatus], prefix: &str, reading: impl Fn(&str) -> Option<bool>) -> Vec<UnitStatus> {
+    leases
+        .iter()
+        .map(|l| UnitStatus {
+            id: format!("{prefix}{}", l.id),
+            state: match &l.holder {
+                Holder::Me => UnitState::Reading {
+                    caught_up: reading(&l.id),
+                },
+                Holder::Other {
+                    owner,
+                    live,
+                    silent,
+                    expires,
+                } => UnitState::Elsewhere {
+                    owner: owner.clone(),
+                    live: *live,
+                    silent: *silent,
+                    expires: azure_core::time::to_rfc3339(expires),
+                },
+                Holder::Nobody => UnitState::Unowned,
+            },
+        })
+        .collect()
 }

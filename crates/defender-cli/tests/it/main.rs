@@ -1,0 +1,7 @@
+//! The crate's integration tests, in one binary (one link of the dependency tree instead of one per file).
+
+mod backfill;
+mod cli;
+mod demo;
+mod emulate;
+mod send_tail;

@@ -1,0 +1,6 @@
+//! The crate's integration tests, in one binary (one link of the dependency tree instead of one per file).
+
+mod client;
+mod common;
+mod load;
+mod python;
