@@ -201,7 +201,9 @@ pub(crate) fn unescape(raw: &str) -> Cow<'_, str> {
 pub(crate) fn parse_timestamp(s: &str) -> Option<(i64, bool)> {
     let ts = Timestamp::parse_canonical(s).or_else(|| Timestamp::parse_lenient(s))?;
     let nanos = ts.as_datetime().timestamp_nanos_opt()?;
-    let canonical = s.len() >= 28 && format_timestamp(nanos) == s;
+    // Defender's own form (canonical, 7 digits) needs no formatting to compare.
+    let seven = s.len() == 28 && s.ends_with('Z') && ts.frac_digits() == 7 && s.as_bytes()[19] == b'.';
+    let canonical = seven || (s.len() == 30 && format_timestamp(nanos) == s);
     Some((nanos, canonical))
 }
 

@@ -52,7 +52,7 @@ impl<'de> serde::Deserialize<'de> for Entries<'de> {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries<'de>, A::Error> {
-                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(64));
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
                     let value: &'de RawValue = map.next_value()?;
                     out.push((key, value));
