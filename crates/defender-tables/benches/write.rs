@@ -5,7 +5,8 @@
 //! `DEFENDER_TABLES_PYTHON` names a Python with duckdb, DuckDB counting DeviceProcessEvents by
 //! ActionType over each.
 //!
-//! `BENCH_RECORDS=n` changes the count. Output under `target/bench/tables/`.
+//! `BENCH_RECORDS=n` changes the count; `BENCH_WRITER_ONLY=1` runs the writer alone (for
+//! profiling). Output under `target/bench/tables/`.
 #![allow(clippy::doc_markdown)]
 
 use std::fmt::Write as _;
@@ -120,6 +121,18 @@ fn peak_rss_mib() -> f64 {
     kib / 1024.0
 }
 
+/// CPU seconds (user + system) of this process so far, all threads (`/proc/self/stat`, in
+/// clock ticks of 1/100 s, Linux's `USER_HZ`).
+#[allow(clippy::cast_precision_loss)]
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at state, field 3.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(14) + ticks(15)) as f64 / 100.0
+}
+
 fn size_of(path: &Path) -> u64 {
     let Ok(meta) = std::fs::metadata(path) else { return 0 };
     if meta.is_file() {
@@ -138,9 +151,19 @@ fn main() {
     let root = out.join("parquet");
     std::fs::create_dir_all(&root).unwrap();
 
+    let writer_only = std::env::var_os("BENCH_WRITER_ONLY").is_some_and(|v| v == "1");
+    // The generator alone, so that its share of the writer's loop below is known.
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let (started_gen, cpu_gen) = (Instant::now(), cpu_seconds());
+    let generated: usize = (0..if writer_only { 0 } else { n })
+        .map(|i| record(&mut rng, i).len())
+        .sum();
+    let (gen_elapsed, gen_cpu) = (started_gen.elapsed(), cpu_seconds() - cpu_gen);
+
     let (mut writer, _) = TableWriter::open(&Root::Local(root.clone()), "bench", TablesConfig::default()).unwrap();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut raw_bytes = 0u64;
+    let cpu_started = cpu_seconds();
     let started = Instant::now();
     let mut last_maintain = Instant::now();
     for i in 0..n {
@@ -158,8 +181,17 @@ fn main() {
     writer.flush().unwrap();
     writer.close().unwrap();
     let elapsed = started.elapsed();
+    let cpu = cpu_seconds() - cpu_started;
     let rss = peak_rss_mib();
     let parquet_bytes = size_of(&root.join("DeviceProcessEvents"));
+    if writer_only {
+        println!(
+            "tables writer: {n} records, {:.2} s, {:.0} records/s, {cpu:.2} s CPU, peak RSS {rss:.1} MiB, Parquet {parquet_bytes} bytes",
+            elapsed.as_secs_f64(),
+            n as f64 / elapsed.as_secs_f64()
+        );
+        return;
+    }
 
     let ndjson = out.join("DeviceProcessEvents.ndjson.zst");
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
@@ -181,6 +213,17 @@ fn main() {
     println!(
         "tables writer:          {:.2} s, {rate:.0} records/s",
         elapsed.as_secs_f64()
+    );
+    let per_million = 1e6 / n as f64;
+    println!(
+        "  CPU (user+sys):       {cpu:.2} s, {:.2} s per 1M records, {:.2} cores busy",
+        cpu * per_million,
+        cpu / elapsed.as_secs_f64()
+    );
+    println!(
+        "  of which generating:  {:.2} s wall, {:.2} s CPU per 1M records (measured alone, {generated} bytes)",
+        gen_elapsed.as_secs_f64() * per_million,
+        gen_cpu * per_million
     );
     println!("peak RSS:               {rss:.1} MiB");
     println!("Parquet on disk:        {parquet_bytes} bytes");
