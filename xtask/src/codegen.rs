@@ -1,6 +1,7 @@
 //! Generates `crates/defender-schema/src/generated/` from the JSON Schemas in `schemas/`:
-//! one file per table (struct, column list, serde impls, drift report) and `mod.rs` (`Table`,
-//! `Event`). Output is deterministic: same schemas, same bytes.
+//! one file per table (struct, column list, serde impls, drift report), `mod.rs` (`Table`,
+//! `Event`) and `arrow.rs` (the Arrow schema of every table, behind the crate's `arrow` feature).
+//! Output is deterministic: same schemas, same bytes.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -253,6 +254,10 @@ fn generate(tables: &[TableDef]) -> Result<BTreeMap<String, String>> {
         );
     }
     files.insert("mod.rs".to_owned(), render("schemas/*.schema.json", mod_file(tables))?);
+    files.insert(
+        "arrow.rs".to_owned(),
+        render("schemas/*.schema.json", arrow_file(tables))?,
+    );
     Ok(files)
 }
 
@@ -524,6 +529,9 @@ fn mod_file(tables: &[TableDef]) -> TokenStream {
 
         #(mod #mods;)*
 
+        #[cfg(feature = "arrow")]
+        pub(crate) mod arrow;
+
         /// One typed row struct per advanced-hunting table.
         pub mod tables {
             #(pub use super::#mods::#tys;)*
@@ -647,6 +655,140 @@ fn mod_file(tables: &[TableDef]) -> TokenStream {
                     Event::Unknown { properties, .. } => properties.serialize(serializer),
                 }
             }
+        }
+    }
+}
+
+/// The extra columns every table gets after its own, in order: (constant, name, Arrow type, doc).
+/// No Defender column starts with `_`, so these never collide with one.
+const EXTRA_COLUMNS: &[(&str, &str, &str, &str)] = &[
+    ("TIME", "_Time", "timestamp", "The envelope's `time`."),
+    ("TENANT_ID", "_TenantId", "utf8", "The envelope's `tenantId`."),
+    (
+        "OPERATION_NAME",
+        "_OperationName",
+        "utf8",
+        "The envelope's `operationName`.",
+    ),
+    ("CATEGORY", "_Category", "utf8", "The envelope's `category`."),
+    (
+        "ENVELOPE",
+        "_Envelope",
+        "utf8",
+        "Other envelope keys (`_TimeReceivedBySvc`, `Tenant`, ...), as JSON object text; null if none.",
+    ),
+    (
+        "UNKNOWN",
+        "_Unknown",
+        "utf8",
+        "Properties the schema does not know, as JSON object text; null if none.",
+    ),
+    (
+        "DRIFT",
+        "_Drift",
+        "utf8",
+        "Column name -> the value exactly as it arrived, for every value its typed column cannot \
+         re-encode exactly, as JSON object text; null if none.",
+    ),
+    (
+        "ABSENT",
+        "_Absent",
+        "utf8",
+        "The names of this schema's columns the record did not carry at all (a JSON array; `_Properties` \
+         when the record had no `properties`), as JSON text; null if none. Null in a typed column is an \
+         explicit JSON `null` unless the column is listed here.",
+    ),
+];
+
+/// The column an unknown table adds after the extra columns.
+const PROPERTIES_COLUMN: (&str, &str, &str, &str) = (
+    "PROPERTIES",
+    "_Properties",
+    "utf8",
+    "An unknown table's `properties` object, as JSON text exactly as it arrived.",
+);
+
+/// The Arrow type of a column: the mapping of the tables contract.
+fn arrow_type(c: &ColumnDef) -> TokenStream {
+    match c.kql_type.as_str() {
+        "datetime" => quote!(timestamp()),
+        "long" => quote!(DataType::Int64),
+        "int" => quote!(DataType::Int32),
+        "bool" | "boolean" => quote!(DataType::Boolean),
+        "real" | "double" => quote!(DataType::Float64),
+        // string, guid, and dynamic/object (JSON text as it arrived).
+        _ => quote!(DataType::Utf8),
+    }
+}
+
+fn extra_type(kind: &str) -> TokenStream {
+    if kind == "timestamp" {
+        quote!(timestamp())
+    } else {
+        quote!(DataType::Utf8)
+    }
+}
+
+fn arrow_file(tables: &[TableDef]) -> TokenStream {
+    let consts = EXTRA_COLUMNS
+        .iter()
+        .chain([&PROPERTIES_COLUMN])
+        .map(|(konst, name, _, d)| {
+            let konst = ident(konst);
+            let d = doc(&format!("`{name}`: {d}"));
+            quote! { #d pub const #konst: &str = #name; }
+        });
+    let extras = EXTRA_COLUMNS.iter().map(|(konst, _, kind, _)| {
+        let (konst, ty) = (ident(konst), extra_type(kind));
+        quote! { Field::new(#konst, #ty, true), }
+    });
+    let extra_count = EXTRA_COLUMNS.len();
+    let properties = {
+        let (konst, ty) = (ident(PROPERTIES_COLUMN.0), extra_type(PROPERTIES_COLUMN.2));
+        quote! { Field::new(#konst, #ty, true) }
+    };
+    let arms = tables.iter().map(|t| {
+        let ty = ident(&t.name);
+        let fields = t.columns.iter().map(|c| {
+            let (name, dt) = (&c.name, arrow_type(c));
+            quote! { Field::new(#name, #dt, true), }
+        });
+        quote! { Table::#ty => vec![#(#fields)*], }
+    });
+    quote! {
+        use std::sync::Arc;
+
+        use arrow_schema::{DataType, Field, Schema, TimeUnit};
+
+        use crate::Table;
+
+        #(#consts)*
+
+        /// `Timestamp(Nanosecond, "UTC")`: Kusto's 100 ns ticks fit, microseconds would not.
+        pub fn timestamp() -> DataType {
+            DataType::Timestamp(TimeUnit::Nanosecond, Some(Arc::from("UTC")))
+        }
+
+        /// The extra columns, in order.
+        pub fn extra_fields() -> [Field; #extra_count] {
+            [#(#extras)*]
+        }
+
+        /// A known table's schema: its columns in the reference's order (`x-observed` ones
+        /// included), all nullable, then the extra columns.
+        pub fn table_schema(table: Table) -> Schema {
+            let mut fields = match table {
+                #(#arms)*
+            };
+            fields.extend(extra_fields());
+            Schema::new(fields)
+        }
+
+        /// The schema of a table the crate does not know: the extra columns, then `_Properties`.
+        pub fn unknown_table_schema() -> Schema {
+            let mut fields = extra_fields().to_vec();
+            fields.push(#properties);
+            Schema::new(fields)
         }
     }
 }

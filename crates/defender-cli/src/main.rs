@@ -31,15 +31,24 @@ enum Command {
     },
     /// Show a table's columns and types.
     #[command(
-        after_help = "Examples:\n  defender schema DeviceProcessEvents\n  defender schema deviceprocessevents --json > DeviceProcessEvents.schema.json"
+        after_help = "Examples:\n  defender schema DeviceProcessEvents\n  defender schema deviceprocessevents --json > DeviceProcessEvents.schema.json\n  defender schema DeviceProcessEvents --format kql\n  defender schema --all --format clickhouse"
     )]
     Schema {
         /// The table: its name in any case, or its category.
-        #[arg(value_parser = parse_table)]
-        table: Table,
+        #[arg(value_parser = parse_table, required_unless_present = "all")]
+        table: Option<Table>,
+        /// Every table, one after the other.
+        #[arg(long, conflicts_with = "table")]
+        all: bool,
         /// Print the table's JSON Schema (draft 2020-12).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "format")]
         json: bool,
+        /// Print it for another engine: `arrow` (the Parquet tables' Arrow schema), `kql`
+        /// (`.create-merge table`), `sql` (DuckDB/PostgreSQL `CREATE TABLE`), `clickhouse`
+        /// (MergeTree DDL by day).
+        #[allow(clippy::doc_markdown)]
+        #[arg(long, value_enum)]
+        format: Option<cmd::schema::Format>,
     },
     /// Decode every record into its typed model and report per table.
     ///
@@ -184,8 +193,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Tables { json } => cmd::tables::run(json).map(|()| true),
-        Command::Schema { table, json } => {
-            cmd::schema::run(table, json);
+        Command::Schema {
+            table,
+            all,
+            json,
+            format,
+        } => {
+            let tables = if all {
+                Table::ALL.to_vec()
+            } else {
+                table.into_iter().collect()
+            };
+            cmd::schema::run(&tables, json, format);
             Ok(true)
         }
         Command::Validate { json, paths } => cmd::validate::run(&cmd::validate::Args { paths, json }),

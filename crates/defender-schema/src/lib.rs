@@ -41,6 +41,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "arrow")]
+pub mod arrow;
 mod column;
 mod de;
 mod drift;

@@ -1,5 +1,5 @@
-//! A small Azure Blob Storage REST client for one container: what the checkpoint store and the
-//! Storage-account export reader need, nothing more.
+//! A small Azure Blob Storage REST client for one container: what the checkpoint store, the
+//! Storage-account export reader and the Parquet tables writer need, nothing more.
 //!
 //! Every call is one REST request (`x-ms-version: 2021-08-06`) over reqwest with rustls, authorized
 //! with Shared Key or a SAS token. Works against Azure and Azurite (path-style URLs). No retries:
@@ -533,7 +533,26 @@ impl BlobClient {
 
     /// Append Block: adds `data` (at most 4 MiB with 2021-08-06) at the end of an append blob.
     pub async fn append_block(&self, blob: &str, data: Vec<u8>) -> Result<AppendResult, BlobError> {
+        self.append_block_with(blob, data, None).await
+    }
+
+    /// Append Block, only if the blob's length is `position` (`x-ms-blob-condition-appendpos`):
+    /// a retry after an unanswered request fails with [`BlobErrorKind::PreconditionFailed`]
+    /// instead of appending twice.
+    pub async fn append_block_at(&self, blob: &str, data: Vec<u8>, position: u64) -> Result<AppendResult, BlobError> {
+        self.append_block_with(blob, data, Some(position)).await
+    }
+
+    async fn append_block_with(
+        &self,
+        blob: &str,
+        data: Vec<u8>,
+        position: Option<u64>,
+    ) -> Result<AppendResult, BlobError> {
         let mut request = Request::new("append_block", Method::PUT, Some(blob)).query("comp", "appendblock");
+        if let Some(position) = position {
+            request.header("x-ms-blob-condition-appendpos", &position.to_string(), self.container())?;
+        }
         request.body = data;
         let response = self.send(request, &[StatusCode::CREATED]).await?;
         let headers = response.headers();
@@ -546,6 +565,56 @@ impl BlobClient {
             })?,
             committed_block_count: header_u64(headers, "x-ms-blob-committed-block-count").unwrap_or(0),
         })
+    }
+
+    /// Put Block: stages `data` as an uncommitted block of a block blob (invisible to readers and
+    /// listings until [`BlobClient::put_block_list`] commits it). `block_id` is any string of up to
+    /// 48 bytes, the same length for every block of the blob; it is base64-encoded here.
+    pub async fn put_block(&self, blob: &str, block_id: &str, data: Vec<u8>) -> Result<(), BlobError> {
+        use base64::Engine as _;
+        let id = base64::engine::general_purpose::STANDARD.encode(block_id);
+        let mut request = Request::new("put_block", Method::PUT, Some(blob))
+            .query("comp", "block")
+            .query("blockid", id);
+        request.body = data;
+        self.send(request, &[StatusCode::CREATED]).await?;
+        Ok(())
+    }
+
+    /// Put Block List: commits the staged blocks `block_ids` (as given to
+    /// [`BlobClient::put_block`]), in order, as the blob's whole content, atomically, under
+    /// `condition` (`IfNotExists` fails with [`BlobErrorKind::Conflict`] or
+    /// [`BlobErrorKind::PreconditionFailed`] when the blob exists).
+    pub async fn put_block_list(
+        &self,
+        blob: &str,
+        block_ids: &[String],
+        condition: &Condition,
+    ) -> Result<WriteResult, BlobError> {
+        use base64::Engine as _;
+        let mut body = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>");
+        for id in block_ids {
+            body.push_str("<Latest>");
+            body.push_str(&base64::engine::general_purpose::STANDARD.encode(id));
+            body.push_str("</Latest>");
+        }
+        body.push_str("</BlockList>");
+        let mut request = Request::new("put_block_list", Method::PUT, Some(blob)).query("comp", "blocklist");
+        request.condition(condition, self.container())?;
+        request.body = body.into_bytes();
+        let response = self.send(request, &[StatusCode::CREATED]).await?;
+        write_result("put_block_list", blob, response.headers())
+    }
+
+    /// Reads a whole blob.
+    pub async fn get_blob(&self, blob: &str) -> Result<Vec<u8>, BlobError> {
+        let request = Request::new("get_blob", Method::GET, Some(blob));
+        let response = self.send(request, &[StatusCode::OK]).await?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| BlobError::transport("get_blob", blob, e))?;
+        Ok(Vec::from(bytes))
     }
 
     /// Delete Blob, under `condition`.

@@ -36,6 +36,8 @@ mod message_events;
 mod message_post_delivery_events;
 mod message_url_info;
 mod url_click_events;
+#[cfg(feature = "arrow")]
+pub(crate) mod arrow;
 /// One typed row struct per advanced-hunting table.
 pub mod tables {
     pub use super::alert_evidence::AlertEvidence;
