@@ -15,7 +15,9 @@ use defender_forwarder::metrics::Metrics;
 use defender_forwarder::metrics::families::{DEAD_LETTERS, RECORDS_OUT};
 use defender_forwarder::pipeline::{self, RunOptions, Summary};
 use defender_forwarder::sink::files::FilesConfig;
+use defender_forwarder::sink::tables::TablesSinkConfig;
 use defender_forwarder::source::eventhub::EventHubConfig;
+use defender_tables::TableName;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub struct Args {
@@ -69,7 +71,7 @@ fn prepare(dir: &Path) -> Result<()> {
             );
         }
         // A fresh emulator starts its sequence numbers again: old checkpoints would skip it all.
-        for sub in ["archive", "state"] {
+        for sub in ["archive", "tables", "state"] {
             let p = dir.join(sub);
             if p.exists() {
                 std::fs::remove_dir_all(&p).with_context(|| format!("cannot clear {}", p.display()))?;
@@ -79,7 +81,7 @@ fn prepare(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(
         dir.join(MARKER),
-        "made by `defender demo`; it clears archive/ and state/ when run again\n",
+        "made by `defender demo`; it clears archive/, tables/ and state/ when run again\n",
     )
     .with_context(|| format!("cannot write in {}", dir.display()))?;
     Ok(())
@@ -127,6 +129,7 @@ fn demo_config(dir: &Path, connection_string: String) -> Config {
     let mut archive = FilesConfig::new(dir.join("archive").display().to_string());
     archive.flush_interval = Duration::from_millis(100);
     config.sinks.push(Box::new(archive));
+    config.sinks.push(Box::new(TablesSinkConfig::local(dir.join("tables"))));
     config
 }
 
@@ -165,27 +168,47 @@ async fn forward(config: Config, records: u64) -> Result<Summary> {
 /// Prints what landed where, read back from the archive itself.
 fn report(dir: &Path, summary: &Summary, loaded: u64, started: Instant) -> Result<()> {
     let archive = dir.join("archive");
+    let tables = dir.join("tables");
     let state = dir.join("state");
     let counts = count_archive(&archive)?;
+    let rows = count_tables(&tables)?;
     let total: u64 = counts.values().map(|(r, _)| r).sum();
+    let archived = summary
+        .records_out
+        .iter()
+        .find(|(s, _)| s == "files")
+        .map_or(0, |(_, n)| *n);
     println!(
-        "forwarded {} records over AMQP into the archive in {:.1} s\n",
-        summary.records_out.iter().map(|(_, n)| n).sum::<u64>(),
+        "forwarded {archived} records over AMQP into the archive and the tables in {:.1} s\n",
         started.elapsed().as_secs_f64()
     );
-    println!("{:<36} {:>8} {:>9}", "table", "records", "segments");
+    println!(
+        "{:<36} {:>8} {:>9} {:>11}",
+        "table", "records", "segments", "table rows"
+    );
     for (table, (records, segments)) in &counts {
-        println!("{table:<36} {records:>8} {segments:>9}");
+        let in_tables = rows.get(table).copied().unwrap_or(0);
+        println!("{table:<36} {records:>8} {segments:>9} {in_tables:>11}");
     }
     println!(
-        "{:<36} {total:>8} {:>9}\n",
+        "{:<36} {total:>8} {:>9} {:>11}\n",
         "total",
-        counts.values().map(|(_, s)| s).sum::<u64>()
+        counts.values().map(|(_, s)| s).sum::<u64>(),
+        rows.values().sum::<u64>()
     );
     println!("archive:      {}/<Table>/<YYYY-MM-DD>/*.ndjson.zst", archive.display());
     println!(
         "              read one with: zstdcat {}/DeviceProcessEvents/*/*.ndjson.zst",
         archive.display()
+    );
+    println!(
+        "tables:       {}/<Table>/day=<YYYY-MM-DD>/*.parquet (docs/tables.md)",
+        tables.display()
+    );
+    println!("              a first query, with DuckDB (pip install duckdb):");
+    println!(
+        "              duckdb -c \"SELECT ActionType, count(*) AS n FROM read_parquet('{}/DeviceProcessEvents/*/*.parquet', hive_partitioning = true) GROUP BY ActionType ORDER BY n DESC\"",
+        tables.display()
     );
     if summary.dead_letters > 0 {
         println!(
@@ -204,6 +227,37 @@ fn report(dir: &Path, summary: &Summary, loaded: u64, started: Instant) -> Resul
         );
     }
     Ok(())
+}
+
+/// Rows per table, read back from the published Parquet files themselves.
+fn count_tables(root: &Path) -> Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    let Ok(tables) = std::fs::read_dir(root) else {
+        return Ok(out);
+    };
+    for table in tables {
+        let table = table?.path();
+        let name = table
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        if name.starts_with('_') || !table.is_dir() {
+            continue;
+        }
+        let table_name = TableName::of_category(&format!("AdvancedHunting-{name}"));
+        for day in std::fs::read_dir(&table)? {
+            for file in std::fs::read_dir(day?.path())? {
+                let file = file?.path();
+                if file.extension().is_some_and(|x| x == "parquet") {
+                    let records = defender_tables::read_file(&table_name, &file)
+                        .with_context(|| format!("cannot read {}", file.display()))?;
+                    *out.entry(name.clone()).or_default() += records.len() as u64;
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Records and segments per table, read back from the archive itself.

@@ -51,6 +51,9 @@ fn the_readme_demo_forwards_every_table_into_the_archive() {
             let records: u64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
             assert!(records > 0, "{row}");
             assert!(dir.path().join("defender-demo/archive").join(t.name()).is_dir());
+            // The same records in the table's Parquet files, read back from them.
+            let rows: u64 = row.split_whitespace().nth(3).unwrap().parse().unwrap();
+            assert_eq!(rows, records, "{row}");
         }
         let loaded: u64 = stdout
             .lines()

@@ -25,6 +25,7 @@ pub mod files;
 pub mod null;
 pub mod sekoia;
 pub mod stdout;
+pub mod tables;
 
 use std::any::Any;
 use std::fmt;
@@ -56,6 +57,10 @@ pub static KINDS: &[Kind<dyn SinkConfig>] = &[
     Kind {
         name: "stdout",
         parse: |d| Ok(Box::new(stdout::StdoutConfig::deserialize(d)?)),
+    },
+    Kind {
+        name: "tables",
+        parse: |d| Ok(Box::new(tables::TablesSinkConfig::deserialize(d)?)),
     },
     Kind {
         name: "null",

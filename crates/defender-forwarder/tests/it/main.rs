@@ -11,3 +11,4 @@ mod readonly;
 mod restart;
 mod sink_contract;
 mod storage;
+mod tables;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use defender_testkit::{Azurite, Faults};
 
 use crate::common::{
-    Env, KEY, Rng, bodies, checkpoint_records, run_then_kill, seq_counts, sigterm, stderr, wait_output,
+    Env, KEY, Rng, bodies, checkpointed, hub_checkpoints, run_then_kill, seq_counts, sigterm, stderr, wait_output,
 };
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -63,39 +63,13 @@ async fn run_to_end(mut cmd: Command) -> Output {
     wait_output(cmd.spawn().unwrap(), LIMIT).await
 }
 
-/// Per partition, the sequence number of its last checkpoint, read from the file store.
-fn checkpoints(state: &Path) -> BTreeMap<String, i64> {
-    checkpoint_records(state)
-        .into_iter()
-        .map(|(p, v)| {
-            (
-                p.file_stem().unwrap().to_string_lossy().into_owned(),
-                v["sequence_number"].as_i64().unwrap(),
-            )
-        })
-        .collect()
-}
-
-/// Where record `seq` sits, as `Env::send` spread the bodies: (partition, sequence number).
-fn position(seq: u64) -> (String, i64) {
-    let body = seq / PER_BODY as u64;
-    let partition = body % u64::from(PARTITIONS);
-    (
-        partition.to_string(),
-        i64::try_from(body / u64::from(PARTITIONS)).unwrap(),
-    )
-}
-
 /// Records that reached the intake but are not covered by a checkpoint: what a crash now would
 /// send again.
 fn in_flight(delivered: &BTreeSet<u64>, checkpoints: &BTreeMap<String, i64>) -> BTreeSet<u64> {
     delivered
         .iter()
         .copied()
-        .filter(|s| {
-            let (p, q) = position(*s);
-            checkpoints.get(&p).is_none_or(|done| q > *done)
-        })
+        .filter(|s| !checkpointed(*s, checkpoints, PER_BODY, PARTITIONS))
         .collect()
 }
 
@@ -120,7 +94,7 @@ async fn after_sigkills_the_example_reads_again_at_once_and_exits_only_when_caug
         let lifetime = Duration::from_millis(500 + rng.next() % 2500);
         let reading = run_then_kill(sekoia_example(&env, &state, &[]), &log, &env.intake, lifetime).await;
         let delivered: BTreeSet<u64> = seq_counts(&env.intake.events()).into_keys().collect();
-        let at_risk = in_flight(&delivered, &checkpoints(&state));
+        let at_risk = in_flight(&delivered, &hub_checkpoints(&state));
         eprintln!(
             "round {round}: killed after {lifetime:?}; first record at the intake after {reading:?}; {} delivered, {} not yet checkpointed",
             delivered.len(),

@@ -14,6 +14,7 @@ use defender_forwarder::sink::files::FilesConfig;
 use defender_forwarder::sink::null::NullConfig;
 use defender_forwarder::sink::sekoia::SekoiaConfig;
 use defender_forwarder::sink::stdout::StdoutConfig;
+use defender_forwarder::sink::tables::TablesSinkConfig;
 use defender_forwarder::sink::{KINDS, SinkConfig, SinkContext};
 use defender_schema::Table;
 use defender_testkit::Intake;
@@ -22,7 +23,7 @@ use tokio::sync::mpsc;
 use crate::common::{KEY, record};
 
 /// One configured sink of each kind, set up so that only the idle rule can make it deliver soon:
-/// huge batches, an hour of linger or flush interval.
+/// huge batches, an hour of linger or flush interval, tables published after 15 minutes.
 fn every_kind(dir: &std::path::Path, intake: &Intake) -> Vec<Box<dyn SinkConfig>> {
     let mut files = FilesConfig::new(dir.join("archive").display().to_string());
     files.flush_interval = Duration::from_secs(3600);
@@ -33,6 +34,7 @@ fn every_kind(dir: &std::path::Path, intake: &Intake) -> Vec<Box<dyn SinkConfig>
         Box::new(sekoia),
         Box::new(files),
         Box::new(StdoutConfig::default()),
+        Box::new(TablesSinkConfig::local(dir.join("tables"))),
         Box::new(NullConfig::default()),
     ];
     let tested: Vec<&str> = kinds.iter().map(|k| k.kind()).collect();

@@ -325,3 +325,33 @@ pub async fn run_then_kill(mut cmd: Command, log: &Path, intake: &Intake, lifeti
     child.wait().unwrap();
     reading
 }
+
+/// Per partition, the sequence number of its last checkpoint, from the file store in `state`.
+pub fn hub_checkpoints(state: &Path) -> BTreeMap<String, i64> {
+    checkpoint_records(state)
+        .into_iter()
+        .map(|(p, v)| {
+            (
+                p.file_stem().unwrap().to_string_lossy().into_owned(),
+                v["sequence_number"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Where record `seq` sits once [`Env::send`] spread `bodies(0.., per_body)` over `partitions`
+/// empty partitions: (partition, sequence number).
+pub fn position(seq: u64, per_body: usize, partitions: u32) -> (String, i64) {
+    let body = seq / per_body as u64;
+    let partition = body % u64::from(partitions);
+    (
+        partition.to_string(),
+        i64::try_from(body / u64::from(partitions)).unwrap(),
+    )
+}
+
+/// Whether a checkpoint covers record `seq`.
+pub fn checkpointed(seq: u64, checkpoints: &BTreeMap<String, i64>, per_body: usize, partitions: u32) -> bool {
+    let (p, q) = position(seq, per_body, partitions);
+    checkpoints.get(&p).is_some_and(|done| q <= *done)
+}
