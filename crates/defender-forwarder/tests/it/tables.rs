@@ -183,3 +183,145 @@ async fn sigkill_during_writes_and_rotations_never_shows_a_partial_file_and_lose
         checked.load(Ordering::Relaxed)
     );
 }
+
+/// The checkpoint's position per partition, as a number of records (4 partitions of bodies of
+/// 100), for watching it stand still.
+fn checkpointed_records(state: &Path) -> i64 {
+    hub_checkpoints(state).values().map(|seq| (seq + 1) * 100).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_root_that_stops_answering_holds_the_checkpoint_back_then_delivery_resumes() {
+    let mut azurite = defender_testkit::Azurite::start().await.expect("start Azurite");
+    let env = Env::start(4).await;
+    let n = 8_000u64;
+    env.send(bodies(0..n / 2, 100));
+    let sink = format!(
+        "[[sinks]]\nkind = \"tables\"\ncontainer = \"tables\"\nconnection_string = \"{}\"\n",
+        azurite.connection_string()
+    );
+    let config = env.config(&sink);
+    let mut child = env.spawn(&config, &[]);
+    let state = env.path("state");
+    let deadline = std::time::Instant::now() + LIMIT;
+    while checkpointed_records(&state) < i64::try_from(n / 2).unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first half not checkpointed:\n{}",
+            env.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Blob stops answering: writes fail, the records stay unacknowledged, the checkpoint stays.
+    azurite.stop().await.unwrap();
+    env.send(bodies(n / 2..n, 100));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        checkpointed_records(&state),
+        i64::try_from(n / 2).unwrap(),
+        "the checkpoint moved past unwritten records"
+    );
+    assert!(env.log().contains("writing tables failed"), "{}", env.log());
+    // Back: the writes are retried and delivery resumes.
+    azurite.restart().await.unwrap();
+    while checkpointed_records(&state) < i64::try_from(n).unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "delivery did not resume:\n{}",
+            env.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    crate::common::sigterm(child.id());
+    assert!(child.wait().unwrap().success(), "{}", env.log());
+    let records = read_blob_tables(&azurite, "tables").await;
+    let counts = seq_counts(&records);
+    assert!(
+        (0..n).all(|s| counts.contains_key(&s)),
+        "every record is in a published file"
+    );
+}
+
+/// Every record of every published file in a Blob container, downloaded.
+async fn read_blob_tables(azurite: &defender_testkit::Azurite, container: &str) -> Vec<String> {
+    let client =
+        defender_eventhub::blob::BlobClient::from_connection_string(&azurite.connection_string(), container).unwrap();
+    let mut out = Vec::new();
+    for blob in client.list_blobs("").await.unwrap() {
+        let Some((table, _)) = blob.name.split_once('/') else {
+            continue;
+        };
+        if table.starts_with('_') || !blob.name.ends_with(".parquet") {
+            continue;
+        }
+        let bytes = client
+            .get_range(&blob.name, 0, blob.content_length.saturating_sub(1))
+            .await
+            .unwrap()
+            .data;
+        let records = defender_tables::read_bytes(&table_name(table), bytes).unwrap();
+        out.extend(records.iter().map(ToString::to_string));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_root_that_refuses_writes_holds_the_checkpoint_back_then_delivery_resumes() {
+    let env = Env::start(4).await;
+    let root = env.path("tables");
+    std::fs::create_dir_all(&root).unwrap();
+    let chattr = |on: bool| {
+        std::process::Command::new("chattr")
+            .args(["-R", if on { "+i" } else { "-i" }])
+            .arg(&root)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !chattr(true) {
+        eprintln!("note: chattr +i is not available here; test skipped");
+        return;
+    }
+    chattr(false);
+    let n = 8_000u64;
+    env.send(bodies(0..n / 2, 100));
+    let config = env.config(&tables_sink(&root, ""));
+    let mut child = env.spawn(&config, &[]);
+    let state = env.path("state");
+    let deadline = std::time::Instant::now() + LIMIT;
+    while checkpointed_records(&state) < i64::try_from(n / 2).unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first half not checkpointed:\n{}",
+            env.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The disk refuses writes (as a full one would): nothing more is acknowledged.
+    assert!(chattr(true));
+    env.send(bodies(n / 2..n, 100));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let held = checkpointed_records(&state);
+    chattr(false);
+    assert_eq!(
+        held,
+        i64::try_from(n / 2).unwrap(),
+        "the checkpoint moved past unwritten records"
+    );
+    assert!(env.log().contains("writing tables failed"), "{}", env.log());
+    while checkpointed_records(&state) < i64::try_from(n).unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "delivery did not resume:\n{}",
+            env.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    crate::common::sigterm(child.id());
+    assert!(child.wait().unwrap().success(), "{}", env.log());
+    let texts: Vec<String> = read_back(&root).iter().map(ToString::to_string).collect();
+    let counts = seq_counts(&texts);
+    assert!(
+        (0..n).all(|s| counts.contains_key(&s)),
+        "every record is in a published file"
+    );
+}
